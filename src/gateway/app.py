@@ -1,0 +1,84 @@
+"""The gateway's aiohttp application: one route table, one error middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.db.database import Database
+from gateway.http import CLOCK, DATABASE, LIMITS, PREFIX, SETTINGS, Clock, system_clock
+from gateway.idempotency import purge_expired
+from gateway.middleware import problem_middleware
+from gateway.resources import (
+    admin_nodes,
+    analytics,
+    batches,
+    changes,
+    events,
+    facility_reports,
+    health,
+    outreach_items,
+)
+from gateway.settings import Settings
+from shared.encoding import Limits
+
+log = logging.getLogger("gateway")
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/healthz", health.healthz)
+    r.add_get("/readyz", health.readyz)
+    r.add_post(f"{PREFIX}/admin/nodes", admin_nodes.enroll)
+    r.add_get(f"{PREFIX}/admin/nodes/{{nodeId}}", admin_nodes.read)
+    r.add_delete(f"{PREFIX}/admin/nodes/{{nodeId}}", admin_nodes.revoke)
+    r.add_post(f"{PREFIX}/outreach-items", outreach_items.create)
+    r.add_get(f"{PREFIX}/outreach-items/{{id}}", outreach_items.read)
+    r.add_post(f"{PREFIX}/outreach-items/{{id}}/transitions", outreach_items.transition)
+    r.add_post(f"{PREFIX}/sync/facility-reports", facility_reports.submit)
+    r.add_post(f"{PREFIX}/sync/batches", batches.submit)
+    r.add_get(f"{PREFIX}/sync/changes", changes.read)
+    r.add_get(f"{PREFIX}/analytics/facility-reports", analytics.read)
+    r.add_get(f"{PREFIX}/events", events.read)
+
+
+def create_app(settings: Settings, clock: Clock = system_clock) -> web.Application:
+    # aiohttp refuses larger bodies itself; we translate its 413 into our problem.
+    app = web.Application(middlewares=[problem_middleware],
+                          client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[CLOCK] = clock
+    app[LIMITS] = Limits(max_body_bytes=settings.max_body_bytes,
+                         max_depth=settings.max_nesting_depth,
+                         max_items=settings.max_batch_items)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_purge_expired_keys)
+    add_routes(app)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    database = Database(app[SETTINGS].sqlalchemy_url())
+    await database.migrate()
+    app[DATABASE] = database
+    yield
+    await database.close()
+
+
+async def _purge_expired_keys(app: web.Application) -> AsyncIterator[None]:
+    async def loop() -> None:
+        while True:
+            purged = await purge_expired(app[DATABASE], app[CLOCK]())
+            if purged:
+                log.info("purged %d expired idempotency keys", purged)
+            await asyncio.sleep(app[SETTINGS].purge_interval_seconds)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,135 @@
+"""``phs-gateway``: serve, and the admin commands that work on the store directly.
+
+    phs-gateway serve [--host H] [--port P]
+    phs-gateway enroll-node --node-id ID --tenant T --facility F [...] --public-key B64
+                            [--capability risk_override]
+    phs-gateway revoke-node --node-id ID
+    phs-gateway create-token --tenant T --role admin|service|analyst [--label L]
+    phs-gateway migrate
+
+Every command takes --config FILE and --data-dir DIR (and --database-url).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.db.database import Database
+from gateway.http import system_clock
+from gateway.registry import create_token, enroll_node, revoke_node
+from gateway.settings import Settings, load_settings
+from shared.encoding import JSON, encode
+from shared.errors import PhsError
+from shared.signing import public_key_from
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML settings file")
+    common.add_argument("--data-dir", help="directory of the SQLite store")
+    common.add_argument("--database-url", help="SQLAlchemy URL (overrides --data-dir)")
+    parser = argparse.ArgumentParser(prog="phs-gateway", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", parents=[common], help="run the HTTP gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    enroll = sub.add_parser("enroll-node", parents=[common], help="enroll an edge node")
+    enroll.add_argument("--node-id", required=True)
+    enroll.add_argument("--tenant", required=True)
+    enroll.add_argument("--facility", action="append", required=True)
+    enroll.add_argument("--public-key", required=True, help="base64 Ed25519 public key")
+    enroll.add_argument("--capability", action="append", default=[])
+    revoke = sub.add_parser("revoke-node", parents=[common], help="revoke an edge node")
+    revoke.add_argument("--node-id", required=True)
+    token = sub.add_parser("create-token", parents=[common], help="create a bearer token")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--role", required=True, choices=["admin", "service", "analyst"])
+    token.add_argument("--label", default="")
+    sub.add_parser("migrate", parents=[common], help="upgrade the store's schema")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, overrides={
+        "data_dir": args.data_dir, "database_url": args.database_url,
+        "host": getattr(args, "host", None), "port": getattr(args, "port", None)})
+
+
+async def _with_store(settings: Settings,
+                      action: Callable[[Database], Awaitable[Any]]) -> Any:
+    database = Database(settings.sqlalchemy_url())
+    try:
+        await database.migrate()
+        return await action(database)
+    finally:
+        await database.close()
+
+
+def _print(document: Any) -> None:
+    print(json.dumps(json.loads(encode(document, JSON)), indent=2))
+
+
+async def _enroll(args: argparse.Namespace, database: Database) -> None:
+    async with database.write() as conn:
+        node = await enroll_node(conn, node_id=args.node_id, tenant_id=args.tenant,
+                                 facility_ids=args.facility,
+                                 public_key=public_key_from(args.public_key),
+                                 capabilities=args.capability, now=system_clock())
+    _print(node.to_wire())
+
+
+async def _revoke(args: argparse.Namespace, database: Database) -> None:
+    async with database.write() as conn:
+        node = await revoke_node(conn, args.node_id, system_clock())
+    _print(node.to_wire())
+
+
+async def _token(args: argparse.Namespace, database: Database) -> None:
+    async with database.write() as conn:
+        token, principal = await create_token(conn, tenant_id=args.tenant, role=args.role,
+                                              label=args.label, now=system_clock())
+    print(token)  # shown once: only its hash is stored
+    print(f"token id {principal.token_id}, tenant {principal.tenant_id}, "
+          f"role {principal.role}", file=sys.stderr)
+
+
+async def _migrate(_args: argparse.Namespace, database: Database) -> None:
+    print(f"schema at head ({database.dialect})")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Database], Awaitable[None]]] = {
+    "enroll-node": _enroll, "revoke-node": _revoke, "create-token": _token,
+    "migrate": _migrate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        logging.basicConfig(level=settings.log_level,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        if args.command == "serve":
+            web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                        print=lambda msg: print(msg, flush=True))
+            return 0
+        command = COMMANDS[args.command]
+        asyncio.run(_with_store(settings, lambda db: command(args, db)))
+        return 0
+    except PhsError as err:
+        print(f"phs-gateway: {err.code}: {err.detail}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

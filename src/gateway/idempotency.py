@@ -1,0 +1,142 @@
+"""Idempotency-Key handling for every write endpoint (CONTRACT section 4).
+
+``run_write`` is the only way a handler writes. It claims the key in its own
+short transaction (so a concurrent twin sees it in flight), runs the write in
+one transaction, and stores a 2xx answer in that same transaction: a crash
+can never leave a committed write without its replayable answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgpack
+import sqlalchemy as sa
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.db.database import Database
+from gateway.db.schema import idempotency_keys
+from gateway.http import SETTINGS, database, now, path_with_query, respond
+from shared.errors import IdempotencyInFlight, IdempotencyKeyMismatch, PhsError
+from shared.idempotency import request_fingerprint, validate_key
+from shared.values import format_timestamp
+
+
+@dataclass
+class Reply:
+    """What a write produced; encoded per the caller's Accept."""
+
+    status: int
+    document: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_error(cls, error: PhsError) -> Reply:
+        """A refusal whose transaction still commits (e.g. a kept conflict copy)."""
+        return cls(error.status, error.problem(), error.headers())
+
+    @property
+    def is_problem(self) -> bool:
+        return self.status >= 400
+
+
+WriteFn = Callable[[AsyncConnection], Awaitable[Reply]]
+
+DONE = "done"
+IN_FLIGHT = "in_flight"
+
+
+@dataclass(frozen=True)
+class _Claim:
+    principal: str
+    key: str
+    fingerprint: str
+
+
+async def run_write(request: web.Request, principal: str, body: bytes,
+                    write: WriteFn) -> web.Response:
+    key = validate_key(request.headers.get("Idempotency-Key"))
+    db = database(request)
+    if key is None:
+        async with db.write() as conn:
+            reply = await write(conn)
+        return respond(request, reply.status, reply.document, reply.headers, reply.is_problem)
+
+    claim = _Claim(principal, key,
+                   request_fingerprint(request.method, path_with_query(request), body))
+    replay = await _claim(request, db, claim)
+    if replay is not None:
+        return replay
+    try:
+        async with db.write() as conn:
+            reply = await write(conn)
+            if 200 <= reply.status < 300:
+                await _complete(conn, claim, reply, now(request))
+    except BaseException:
+        await _release(db, claim)
+        raise
+    if not 200 <= reply.status < 300:
+        await _release(db, claim)  # only successes are kept; a failure may be retried
+    return respond(request, reply.status, reply.document, reply.headers, reply.is_problem)
+
+
+async def _claim(request: web.Request, db: Database, claim: _Claim) -> web.Response | None:
+    """Claim the key, or answer: a replay, a mismatch (422) or in flight (409)."""
+    settings = request.app[SETTINGS]
+    moment = now(request)
+    stamp = format_timestamp(moment)
+    stale = format_timestamp(moment - timedelta(seconds=settings.idempotency_stale_seconds))
+    where = sa.and_(idempotency_keys.c.principal == claim.principal,
+                    idempotency_keys.c.key == claim.key)
+    async with db.write() as conn:
+        row = (await conn.execute(sa.select(idempotency_keys).where(where))).first()
+        if row is not None:
+            expired = row.state == DONE and row.expires_at <= stamp
+            abandoned = row.state == IN_FLIGHT and row.claimed_at <= stale
+            if not (expired or abandoned):
+                if row.fingerprint != claim.fingerprint:
+                    raise IdempotencyKeyMismatch(
+                        "this Idempotency-Key was used for a different request")
+                if row.state == IN_FLIGHT:
+                    raise IdempotencyInFlight("the first request with this key is still "
+                                              "running", retry_after=1)
+                document = msgpack.unpackb(row.reply, raw=False)
+                return respond(request, row.status_code, document,
+                               {"Idempotent-Replayed": "true"})
+            await conn.execute(idempotency_keys.delete().where(where))
+        ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
+        await conn.execute(idempotency_keys.insert().values(
+            principal=claim.principal, key=claim.key, fingerprint=claim.fingerprint,
+            state=IN_FLIGHT, claimed_at=stamp, expires_at=format_timestamp(moment + ttl)))
+    return None
+
+
+async def _complete(conn: AsyncConnection, claim: _Claim, reply: Reply,
+                    moment: datetime) -> None:
+    await conn.execute(
+        idempotency_keys.update()
+        .where(idempotency_keys.c.principal == claim.principal,
+               idempotency_keys.c.key == claim.key)
+        .values(state=DONE, status_code=reply.status,
+                reply=msgpack.packb(reply.document, use_bin_type=True)))
+
+
+async def _release(db: Database, claim: _Claim) -> None:
+    async with db.write() as conn:
+        await conn.execute(idempotency_keys.delete().where(
+            idempotency_keys.c.principal == claim.principal,
+            idempotency_keys.c.key == claim.key,
+            idempotency_keys.c.state == IN_FLIGHT))
+
+
+async def purge_expired(db: Database, moment: datetime) -> int:
+    """Delete answers past their time to live; returns how many."""
+    async with db.write() as conn:
+        result = await conn.execute(idempotency_keys.delete().where(
+            idempotency_keys.c.state == DONE,
+            idempotency_keys.c.expires_at <= format_timestamp(moment)))
+    return int(result.rowcount or 0)

@@ -1,0 +1,48 @@
+"""The one middleware that turns every failure into an RFC 9457 problem."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.http import CLOCK, http_date, problem_response
+from shared.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    PhsError,
+)
+
+log = logging.getLogger("gateway.http")
+
+
+def _from_http_exception(exc: web.HTTPException) -> PhsError | None:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no such resource")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"method {exc.method} not allowed here")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("request body too large")
+    return None
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except PhsError as err:
+        response = problem_response(request, err)
+    except web.HTTPException as exc:
+        translated = _from_http_exception(exc)
+        if translated is None:
+            raise
+        response = problem_response(request, translated)
+    except Exception:
+        # A bug of ours: log it with its traceback, answer a bare 500 problem.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = problem_response(request, PhsError("unexpected server error"))
+    # The gateway's own clock, so a caller told clock_skew can correct its offset.
+    response.headers["Date"] = http_date(request.app[CLOCK]())
+    return response

@@ -1,0 +1,96 @@
+"""Facility reports (CONTRACT section 6): verify, check scope, dedup, merge.
+
+Used by ``POST …/sync/facility-reports`` (errors become problem documents)
+and by batches (errors become per-item rejections): one code path, so both
+answer the same.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.db.schema import facility_reports, report_submissions
+from gateway.events import append_event
+from gateway.registry import get_node
+from shared.errors import KeyRevoked, OutOfScope, UnknownKey
+from shared.reports import FacilityReport, parse_report_payload, same_metrics
+from shared.signing import verify_signature
+from shared.values import format_timestamp
+from shared.wire import ReportSubmission
+
+SYNCED_EVENT = "population_health.facility_report.synced.v1"
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    status: str  # merged | duplicate | conflict
+    report_id: str  # the stored report (for a conflict: the one it conflicts with)
+
+
+async def verified_report(conn: AsyncConnection, submission: ReportSubmission,
+                          tenant_id: str | None = None) -> FacilityReport:
+    """Check the signature with the device's enrolled key (before decoding the
+    payload), then that the payload lies within the device's enrollment.
+    ``tenant_id``, when given, is the tenant of the node relaying it."""
+    node = await get_node(conn, submission.device_id)
+    if node is None:
+        raise UnknownKey(f"no enrolled device {submission.device_id}")
+    if not node.active:
+        raise KeyRevoked(f"device {submission.device_id} is revoked")
+    verify_signature(node.public_key, submission.payload, submission.signature)
+    report = parse_report_payload(submission.payload)
+    if report.device_id != node.node_id:
+        raise OutOfScope("the payload's deviceId is not the signing device")
+    if report.tenant_id != node.tenant_id or (tenant_id is not None
+                                              and tenant_id != node.tenant_id):
+        raise OutOfScope(f"tenant {report.tenant_id} is outside the device's enrollment")
+    if report.facility_id not in node.facility_ids:
+        raise OutOfScope(f"facility {report.facility_id} is outside the device's enrollment")
+    return report
+
+
+async def store_report(conn: AsyncConnection, submission: ReportSubmission,
+                       report: FacilityReport, now: datetime) -> ReportOutcome:
+    stamp = format_timestamp(now)
+    existing = (await conn.execute(
+        sa.select(facility_reports.c.report_id, facility_reports.c.metrics).where(
+            facility_reports.c.facility_id == report.facility_id,
+            facility_reports.c.period_key == report.period.key,
+            facility_reports.c.device_id == report.device_id))).first()
+    if existing is None:
+        outcome = ReportOutcome("merged", f"rpt_{uuid.uuid4().hex}")
+        await conn.execute(facility_reports.insert().values(
+            report_id=outcome.report_id, tenant_id=report.tenant_id,
+            facility_id=report.facility_id, period_type=report.period.type.value,
+            period_key=report.period.key, device_id=report.device_id,
+            payload=submission.payload, signature=submission.signature,
+            metrics=report.metrics, generated_at=format_timestamp(report.generated_at),
+            received_at=stamp))
+        await append_event(conn, SYNCED_EVENT, report.tenant_id, now, {
+            "reportId": outcome.report_id, "facilityId": report.facility_id,
+            "periodKey": report.period.key, "periodType": report.period.type.value,
+            "deviceId": report.device_id})
+    elif same_metrics(existing.metrics, report.metrics):
+        outcome = ReportOutcome("duplicate", existing.report_id)
+    else:
+        outcome = ReportOutcome("conflict", existing.report_id)
+    # Every submission that passed the signature check is kept, refused copies too.
+    await conn.execute(report_submissions.insert().values(
+        report_id=outcome.report_id, device_id=report.device_id,
+        facility_id=report.facility_id, period_key=report.period.key,
+        disposition=outcome.status, payload=submission.payload,
+        signature=submission.signature, received_at=stamp))
+    return outcome
+
+
+def report_to_wire(row: Any) -> dict[str, Any]:
+    return {"reportId": row.report_id, "facilityId": row.facility_id,
+            "periodType": row.period_type, "periodKey": row.period_key,
+            "deviceId": row.device_id, "metrics": row.metrics,
+            "generatedAt": row.generated_at, "receivedAt": row.received_at}

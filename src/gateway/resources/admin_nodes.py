@@ -1,0 +1,59 @@
+"""``…/admin/nodes``: enroll, read and revoke edge nodes (admin token)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.auth import authenticate_token
+from gateway.http import database, now, read_document, respond
+from gateway.idempotency import Reply, run_write
+from gateway.registry import Role, enroll_node, get_node, revoke_node
+from shared.errors import NotFound, OutOfScope, ValidationFailed
+from shared.signing import public_key_from
+from shared.values import identifier, only_fields, required
+
+NODE_FIELDS = frozenset({"nodeId", "tenantId", "facilityIds", "publicKey", "capabilities"})
+
+
+async def enroll(request: web.Request) -> web.Response:
+    admin = await authenticate_token(request, Role.ADMIN)
+    body, doc = await read_document(request)
+    only_fields(doc, NODE_FIELDS, "node")
+    tenant_id = identifier(required(doc, "tenantId"), "tenantId")
+    if tenant_id != admin.tenant_id:
+        raise OutOfScope(f"an admin of {admin.tenant_id} cannot enroll nodes of {tenant_id}")
+    facilities = required(doc, "facilityIds")
+    capabilities = doc.get("capabilities", [])
+    if not isinstance(facilities, list) or not isinstance(capabilities, list):
+        raise ValidationFailed("facilityIds and capabilities must be arrays")
+    node_id = identifier(required(doc, "nodeId"), "nodeId")
+    public_key = public_key_from(required(doc, "publicKey"))
+
+    async def write(conn: AsyncConnection) -> Reply:
+        node = await enroll_node(conn, node_id=node_id, tenant_id=tenant_id,
+                                 facility_ids=facilities, public_key=public_key,
+                                 capabilities=capabilities, now=now(request))
+        return Reply(201, node.to_wire())
+
+    return await run_write(request, admin.principal, body, write)
+
+
+async def read(request: web.Request) -> web.Response:
+    admin = await authenticate_token(request, Role.ADMIN)
+    async with database(request).read() as conn:
+        node = await get_node(conn, request.match_info["nodeId"])
+    if node is None or node.tenant_id != admin.tenant_id:
+        raise NotFound(f"no node {request.match_info['nodeId']}")
+    return respond(request, 200, node.to_wire())
+
+
+async def revoke(request: web.Request) -> web.Response:
+    admin = await authenticate_token(request, Role.ADMIN)
+    node_id = request.match_info["nodeId"]
+
+    async def write(conn: AsyncConnection) -> Reply:
+        node = await revoke_node(conn, node_id, now(request), tenant_id=admin.tenant_id)
+        return Reply(200, node.to_wire())
+
+    return await run_write(request, admin.principal, await request.read(), write)

@@ -1,0 +1,44 @@
+"""``GET …/analytics/facility-reports``: the merged reports (analyst or admin).
+
+Filters: ``facilityId``, ``periodType`` and a period-key range ``from``/``to``
+(inclusive; keys of one type sort as text, e.g. 2026-W40..2026-W47).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from gateway.auth import authenticate_token
+from gateway.db.schema import facility_reports
+from gateway.http import database, query_int, respond
+from gateway.registry import Role
+from gateway.reports import report_to_wire
+from shared.errors import ValidationFailed
+from shared.periods import PeriodType, period_from_key
+from shared.values import identifier
+
+
+async def read(request: web.Request) -> web.Response:
+    principal = await authenticate_token(request, Role.ANALYST, Role.ADMIN)
+    q = request.query
+    conditions = [facility_reports.c.tenant_id == principal.tenant_id]
+    if q.get("facilityId"):
+        conditions.append(facility_reports.c.facility_id == identifier(q["facilityId"],
+                                                                       "facilityId"))
+    if q.get("periodType"):
+        if q["periodType"] not in {p.value for p in PeriodType}:
+            raise ValidationFailed("periodType must be daily or weekly", field="periodType")
+        conditions.append(facility_reports.c.period_type == q["periodType"])
+    if q.get("from"):
+        conditions.append(facility_reports.c.period_key >= period_from_key(q["from"]).key)
+    if q.get("to"):
+        conditions.append(facility_reports.c.period_key <= period_from_key(q["to"]).key)
+    limit = query_int(request, "limit", 1000, 1, 10000)
+    async with database(request).read() as conn:
+        rows = await conn.execute(
+            sa.select(facility_reports).where(*conditions)
+            .order_by(facility_reports.c.facility_id, facility_reports.c.period_key,
+                      facility_reports.c.device_id).limit(limit))
+        reports = [report_to_wire(r) for r in rows]
+    return respond(request, 200, {"reports": reports})

@@ -1,0 +1,96 @@
+"""``POST …/sync/batches``: an edge node's signed msgpack batch (CONTRACT section 7).
+
+The whole batch is checked structurally first (a malformed one changes
+nothing); then every item is applied in order in one transaction, and the
+answer carries one result per item with the authoritative state after it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.auth import authenticate_node
+from gateway.http import LIMITS, now, read_document
+from gateway.idempotency import Reply, run_write
+from gateway.outreach import Scope, Source, apply_transitions
+from gateway.registry import Node
+from gateway.reports import store_report, verified_report
+from shared.errors import ItemCode, OutOfScope, PhsError, ValidationFailed
+from shared.fsm import Transition
+from shared.policy import SERVER_AUTHORITATIVE_KINDS, policy_for
+from shared.wire import OtherItem, ReportSubmission, parse_batch
+
+
+async def submit(request: web.Request) -> web.Response:
+    body, doc = await read_document(request)
+    node = await authenticate_node(request, body)
+    batch = parse_batch(doc, request.app[LIMITS])
+    if batch.node_id != node.node_id:
+        raise OutOfScope(f"batch nodeId {batch.node_id} is not the signing node")
+    if request.headers.get("Idempotency-Key") != batch.batch_id:
+        raise ValidationFailed("Idempotency-Key must be the batchId", field="Idempotency-Key")
+
+    async def write(conn: AsyncConnection) -> Reply:
+        results = await apply_batch(conn, node, batch.batch_id, batch.items, request)
+        return Reply(200, {"batchId": batch.batch_id, "results": results})
+
+    return await run_write(request, f"node:{node.node_id}", body, write)
+
+
+async def apply_batch(conn: AsyncConnection, node: Node, batch_id: str,
+                      items: Any, request: web.Request) -> list[dict[str, Any]]:
+    moment = now(request)
+    scope = Scope(node.tenant_id, node.facility_ids)
+    source = Source(f"node:{node.node_id}", batch_id)
+    results: list[dict[str, Any]] = []
+    run: list[Transition] = []  # consecutive transitions are applied as one set
+
+    async def flush() -> None:
+        if run:
+            results.extend(await apply_transitions(conn, run, scope, source, moment))
+            run.clear()
+
+    for item in items:
+        if isinstance(item, Transition):
+            run.append(item)
+            continue
+        await flush()
+        if isinstance(item, ReportSubmission):
+            results.append(await _report_result(conn, node, item, request))
+        else:
+            results.append(_refused_kind(item))
+    await flush()
+    return results
+
+
+async def _report_result(conn: AsyncConnection, node: Node, item: ReportSubmission,
+                         request: web.Request) -> dict[str, Any]:
+    try:
+        report = await verified_report(conn, item, tenant_id=node.tenant_id)
+    except PhsError as err:
+        return {"id": item.id, "status": "rejected", "code": err.code, "detail": err.detail}
+    outcome = await store_report(conn, item, report, now(request))
+    result: dict[str, Any] = {"id": item.id, "reportId": outcome.report_id}
+    if outcome.status == "conflict":
+        result.update(status="rejected", code=ItemCode.REPORT_CONFLICT.value,
+                      detail="a different report for this facility, period and device is "
+                             "already stored")
+    else:
+        result["status"] = "applied" if outcome.status == "merged" else "duplicate"
+    return result
+
+
+def _refused_kind(item: OtherItem) -> dict[str, Any]:
+    policy = policy_for(item.kind)
+    if item.kind in SERVER_AUTHORITATIVE_KINDS:
+        code, detail = ItemCode.POLICY_SERVER_AUTHORITATIVE, (
+            f"{item.kind} is server-authoritative; nodes may not write it")
+    elif policy is not None:
+        code, detail = ItemCode.POLICY_SERVER_AUTHORITATIVE, (
+            f"{item.kind} is not accepted from edge nodes by this gateway")
+    else:
+        code, detail = ItemCode.UNKNOWN_KIND, f"unknown kind {item.kind}"
+    return {"id": item.id, "status": "rejected", "code": code.value, "detail": detail}

@@ -1,0 +1,48 @@
+"""``GET …/sync/changes``: the change feed towards an edge node (CONTRACT section 8).
+
+The cursor is the last change sequence number the node has seen, as a
+string; the node treats it as opaque. Changes are read in sequence order,
+which on SQLite (one writer) is commit order.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from gateway.auth import authenticate_node
+from gateway.db.schema import changes
+from gateway.http import database, query_int, respond, settings
+from shared.errors import BadCursor
+
+
+def parse_cursor(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit() or len(raw) > 19:
+        raise BadCursor("since must be a cursor returned by this endpoint")
+    return int(raw)
+
+
+async def read(request: web.Request) -> web.Response:
+    node = await authenticate_node(request, await request.read())
+    since = parse_cursor(request.query.get("since"))
+    limit = query_int(request, "limit", settings(request).changes_max_limit, 1,
+                      settings(request).changes_max_limit)
+    facilities = sorted(node.facility_ids)
+    query = (
+        sa.select(changes)
+        .where(changes.c.tenant_id == node.tenant_id, changes.c.seq > since,
+               sa.or_(changes.c.facility_id.in_(facilities), changes.c.facility_id.is_(None)))
+        .order_by(changes.c.seq).limit(limit + 1)
+    )
+    async with database(request).read() as conn:
+        rows = (await conn.execute(query)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = str(rows[-1].seq) if rows else str(since)
+    return respond(request, 200, {
+        "changes": [{"seq": r.seq, "aggregate": r.aggregate, "id": r.entity_id, "op": r.op,
+                     "data": r.data} for r in rows],
+        "cursor": cursor, "more": more,
+    })

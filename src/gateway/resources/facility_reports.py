@@ -1,0 +1,36 @@
+"""``POST …/sync/facility-reports``: one signed report (CONTRACT section 6).
+
+The report's own signature authenticates it; 201 merged, 200 duplicate,
+409 report_conflict (the refused copy is committed for audit all the same).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.http import database, now, read_document
+from gateway.idempotency import Reply, run_write
+from gateway.reports import store_report, verified_report
+from shared.errors import ReportConflict
+from shared.wire import REPORT_FIELDS, parse_report_submission
+
+
+async def submit(request: web.Request) -> web.Response:
+    body, doc = await read_document(request)
+    submission = parse_report_submission(doc, fields=REPORT_FIELDS)
+    async with database(request).read() as conn:
+        report = await verified_report(conn, submission)
+
+    async def write(conn: AsyncConnection) -> Reply:
+        outcome = await store_report(conn, submission, report, now(request))
+        if outcome.status == "conflict":
+            return Reply.from_error(ReportConflict(
+                f"a different report for {report.facility_id} {report.period.key} from "
+                f"{report.device_id} is already stored", reportId=outcome.report_id))
+        status = 201 if outcome.status == "merged" else 200
+        return Reply(status, {"status": outcome.status, "reportId": outcome.report_id,
+                              "facilityId": report.facility_id,
+                              "periodKey": report.period.key, "deviceId": report.device_id})
+
+    return await run_write(request, f"node:{submission.device_id}", body, write)

@@ -1,0 +1,1 @@
+"""Pure protocol core of PHS Sync: no network, no database, no files."""

@@ -1,0 +1,149 @@
+"""Typed readers for the batch and transition documents (CONTRACT sections 5, 7).
+
+The gateway checks incoming batches with these, and the edge node checks what
+it queues with the same functions, so a batch the edge sends never fails the
+gateway's structural checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared.encoding import Limits
+from shared.errors import BatchTooLarge, ValidationFailed
+from shared.fsm import Role, Transition
+from shared.values import (
+    binary,
+    identifier,
+    integer,
+    mapping,
+    only_fields,
+    parse_timestamp,
+    required,
+    text,
+)
+
+TRANSITION_KIND = "outreach.transition"
+REPORT_KIND = "facility_report"
+
+TRANSITION_FIELDS = frozenset({"id", "itemId", "from", "to", "occurredAt", "deviceId",
+                               "actorId", "seq", "role"})
+REPORT_FIELDS = frozenset({"deviceId", "payload", "signature"})
+REPORT_ITEM_FIELDS = REPORT_FIELDS | {"kind", "id"}
+BATCH_FIELDS = frozenset({"v", "batchId", "nodeId", "createdAt", "items"})
+FIELD_ROLES = frozenset({Role.WORKER, Role.SUPERVISOR})
+
+
+@dataclass(frozen=True)
+class ReportSubmission:
+    id: str | None  # the batch item id; None when posted on its own
+    device_id: str
+    payload: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class OtherItem:
+    """A kind this gateway does not accept from nodes; answered per item."""
+
+    kind: str
+    id: str
+
+
+BatchItem = Transition | ReportSubmission | OtherItem
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    node_id: str
+    created_at: str
+    items: Sequence[BatchItem]
+
+
+def _at(where: str, err: ValidationFailed) -> ValidationFailed:
+    field = err.extra.get("field")
+    pointer = f"{where}/{field}" if field else where
+    return ValidationFailed(f"{pointer}: {err.detail}", path=pointer)
+
+
+def parse_transition(obj: Any, where: str = "",
+                     roles: frozenset[Role] = FIELD_ROLES,
+                     extra_fields: frozenset[str] = frozenset()) -> Transition:
+    """A transition from a field device or edge node (role worker by default)."""
+    try:
+        doc = mapping(obj, "transition")
+        only_fields(doc, TRANSITION_FIELDS | extra_fields, "transition")
+        role_name = doc.get("role", Role.WORKER.value)
+        if role_name not in {r.value for r in roles}:
+            raise ValidationFailed(f"role must be one of {', '.join(sorted(roles))}",
+                                   field="role")
+        seq = doc.get("seq")
+        return Transition(
+            id=identifier(required(doc, "id"), "id"),
+            item_id=identifier(required(doc, "itemId"), "itemId"),
+            # States are checked by the FSM (rule 3), so only their type here.
+            from_state=text(required(doc, "from"), "from", 64),
+            to_state=text(required(doc, "to"), "to", 64),
+            occurred_at=parse_timestamp(required(doc, "occurredAt"), "occurredAt"),
+            device_id=identifier(required(doc, "deviceId"), "deviceId"),
+            actor_id=identifier(required(doc, "actorId"), "actorId"),
+            role=Role(role_name),
+            seq=None if seq is None else integer(seq, "seq", minimum=0),
+        )
+    except ValidationFailed as err:
+        raise _at(where, err) from err
+
+
+def parse_report_submission(obj: Any, where: str = "",
+                            fields: frozenset[str] = REPORT_ITEM_FIELDS) -> ReportSubmission:
+    try:
+        doc = mapping(obj, "report")
+        only_fields(doc, fields, "facility report")
+        return ReportSubmission(
+            id=identifier(required(doc, "id"), "id") if "id" in fields else None,
+            device_id=identifier(required(doc, "deviceId"), "deviceId"),
+            payload=binary(required(doc, "payload"), "payload", 256 * 1024),
+            signature=binary(required(doc, "signature"), "signature", 128),
+        )
+    except ValidationFailed as err:
+        raise _at(where, err) from err
+
+
+def parse_batch(obj: Mapping[str, Any], limits: Limits) -> Batch:
+    only_fields(obj, BATCH_FIELDS, "batch")
+    if obj.get("v") != 1:
+        raise ValidationFailed("v must be 1", field="v")
+    items = required(obj, "items")
+    if not isinstance(items, list):
+        raise ValidationFailed("items must be an array", field="items")
+    if len(items) > limits.max_items:
+        raise BatchTooLarge(f"{len(items)} items; at most {limits.max_items} per batch")
+    created_at = required(obj, "createdAt")
+    parse_timestamp(created_at, "createdAt")
+    parsed: list[BatchItem] = []
+    for index, raw in enumerate(items):
+        where = f"/items/{index}"
+        if not isinstance(raw, Mapping):
+            raise ValidationFailed(f"{where}: each item must be an object", path=where)
+        kind = raw.get("kind")
+        if not isinstance(kind, str):
+            raise ValidationFailed(f"{where}/kind: kind must be a string", path=where)
+        if kind == TRANSITION_KIND:
+            parsed.append(parse_transition(raw, where, extra_fields=frozenset({"kind"})))
+        elif kind == REPORT_KIND:
+            parsed.append(parse_report_submission(raw, where))
+        else:
+            try:
+                item_id = identifier(raw.get("id"), "id")
+            except ValidationFailed as err:
+                raise _at(where, err) from err
+            parsed.append(OtherItem(kind, item_id))
+    return Batch(
+        batch_id=identifier(required(obj, "batchId"), "batchId"),
+        node_id=identifier(required(obj, "nodeId"), "nodeId"),
+        created_at=created_at,
+        items=parsed,
+    )

@@ -1,0 +1,327 @@
+"""shared.signing: Ed25519 keys and the PHS-Ed25519 request signature."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+import pytest
+
+from shared.errors import BadSignature, ClockSkew, MissingCredentials, ValidationFailed
+from shared.signing import (
+    SCHEME,
+    KeyPair,
+    SignedAuth,
+    authorization_header,
+    fingerprint,
+    parse_authorization,
+    public_key_from,
+    signing_string,
+    verify_request,
+    verify_signature,
+)
+
+# RFC 8032 section 7.1, TEST 1-3: secret key (seed), public key, message, signature.
+RFC8032_VECTORS: list[tuple[str, str, str, str]] = [
+    (  # TEST 1: empty message
+        "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+        "",
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+    ),
+    (  # TEST 2: one byte 0x72
+        "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+        "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+        "72",
+        "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+    ),
+    (  # TEST 3: two bytes af82
+        "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+        "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025",
+        "af82",
+        "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a",
+    ),
+]
+
+
+@pytest.mark.parametrize(("seed", "public", "message", "signature"), RFC8032_VECTORS)
+def test_rfc8032_vectors(seed: str, public: str, message: str, signature: str) -> None:
+    keypair = KeyPair.from_seed(bytes.fromhex(seed))
+    assert keypair.public_key.hex() == public  # seed -> public key per RFC 8032
+    assert keypair.sign(bytes.fromhex(message)).hex() == signature  # Ed25519 is deterministic
+    verify_signature(bytes.fromhex(public), bytes.fromhex(message), bytes.fromhex(signature))
+
+
+VECTOR_SEED = bytes.fromhex(RFC8032_VECTORS[0][0])
+KEYPAIR = KeyPair.from_seed(VECTOR_SEED)
+OTHER = KeyPair.from_seed(bytes.fromhex(RFC8032_VECTORS[1][0]))
+NOW = 1_764_063_000  # 2025-11-25T09:30:00Z
+PATH = "/api/v1/population-health/sync/batches?x=1"
+BODY = b'{"v":1,"items":[]}'
+
+
+# ---------------------------------------------------------------- keys
+
+
+def test_generate_gives_a_working_pair() -> None:
+    keypair = KeyPair.generate()
+    assert len(keypair.seed) == 32 and len(keypair.public_key) == 32
+    verify_signature(keypair.public_key, b"data", keypair.sign(b"data"))
+    assert KeyPair.generate().seed != keypair.seed  # fresh randomness each time
+
+
+def test_from_seed_refuses_wrong_length() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        KeyPair.from_seed(b"\x00" * 31)
+
+
+def test_mismatched_pair_refused() -> None:
+    with pytest.raises(ValueError, match="does not belong"):
+        KeyPair(seed=VECTOR_SEED, public_key=OTHER.public_key)
+
+
+def test_repr_hides_the_seed() -> None:
+    text = repr(KEYPAIR) + str(KEYPAIR)
+    assert VECTOR_SEED.hex() not in text
+    assert repr(VECTOR_SEED) not in text  # not even as a bytes literal
+    assert "seed" not in text
+
+
+def test_public_key_b64() -> None:
+    assert base64.b64decode(KEYPAIR.public_key_b64) == KEYPAIR.public_key  # standard base64
+    assert KEYPAIR.public_key_b64 == "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+
+
+def test_fingerprint() -> None:
+    fp = fingerprint(KEYPAIR.public_key)
+    assert re.fullmatch(r"[0-9a-f]{16}", fp)  # 16 lower-case hex characters
+    assert fp == hashlib.sha256(KEYPAIR.public_key).hexdigest()[:16]  # CONTRACT section 10
+    assert fingerprint(OTHER.public_key) != fp  # distinct keys, distinct fp
+
+
+PUBLIC_KEY_INPUTS: list[object] = [
+    KEYPAIR.public_key,  # raw 32 bytes
+    bytearray(KEYPAIR.public_key),  # bytearray works like bytes
+    KEYPAIR.public_key_b64,  # standard base64 text
+]
+
+
+@pytest.mark.parametrize("value", PUBLIC_KEY_INPUTS)
+def test_public_key_from(value: object) -> None:
+    assert public_key_from(value) == KEYPAIR.public_key
+
+
+BAD_PUBLIC_KEYS: list[object] = [
+    None,  # missing
+    12345,  # not bytes or text
+    b"\x01" * 31,  # one byte short
+    KEYPAIR.public_key + b"\x00",  # one byte long
+    "not base64!",  # invalid base64
+    base64.b64encode(b"\x01" * 31).decode(),  # valid base64 of 31 bytes
+    base64.urlsafe_b64encode(b"\xfb" * 32).decode(),  # URL-safe alphabet is not standard
+    "é",  # not ASCII
+    bytes(32),  # all zeros: a small-order point
+    bytes([1]) + bytes(31),  # the identity point: signs anything
+]
+
+
+@pytest.mark.parametrize("value", BAD_PUBLIC_KEYS)
+def test_public_key_from_refuses(value: object) -> None:
+    with pytest.raises(ValidationFailed):
+        public_key_from(value)
+
+
+# ---------------------------------------------------------------- signatures
+
+
+def test_verify_signature_failures() -> None:
+    data = b"payload"
+    good = KEYPAIR.sign(data)
+    verify_signature(KEYPAIR.public_key, data, good)  # the control: it verifies
+    flipped = bytes([good[0] ^ 1]) + good[1:]
+    cases: list[tuple[bytes, bytes, bytes]] = [
+        (KEYPAIR.public_key, data, flipped),  # one bit of the signature changed
+        (KEYPAIR.public_key, data + b"!", good),  # the data changed
+        (OTHER.public_key, data, good),  # another key
+        (KEYPAIR.public_key, data, good[:63]),  # short signature
+        (KEYPAIR.public_key, data, b""),  # no signature
+        (KEYPAIR.public_key[:31], data, good),  # short key
+        (bytes(32), data, good),  # a small-order key
+    ]
+    for public_key, message, signature in cases:
+        with pytest.raises(BadSignature):
+            verify_signature(public_key, message, signature)
+
+
+def test_bad_signature_chains_the_nacl_error() -> None:
+    with pytest.raises(BadSignature) as info:
+        verify_signature(OTHER.public_key, b"x", KEYPAIR.sign(b"x"))
+    assert info.value.__cause__ is not None  # raise ... from err
+
+
+def test_signing_string_layout() -> None:
+    digest = hashlib.sha256(BODY).hexdigest()
+    expected = f"POST\n{PATH}\n{NOW}\n{digest}".encode()  # no spaces around \n
+    assert signing_string("post", PATH, NOW, BODY) == expected  # method upper-cased
+    empty = hashlib.sha256(b"").hexdigest()
+    assert signing_string("GET", "/x", 0, b"") == f"GET\n/x\n0\n{empty}".encode()
+
+
+# ---------------------------------------------------------------- header round trip
+
+
+def _header(method: str = "POST", path: str = PATH, body: bytes = BODY, ts: int = NOW) -> str:
+    return authorization_header(KEYPAIR, "edge-01", method, path, body, ts)
+
+
+def test_header_round_trip() -> None:
+    header = _header()
+    assert header.startswith(f"{SCHEME} keyId=edge-01,ts={NOW},sig=")
+    auth = parse_authorization(header)
+    assert auth.key_id == "edge-01" and auth.ts == NOW and len(auth.signature) == 64
+    verify_request(auth, KEYPAIR.public_key, "POST", PATH, BODY, now=NOW)
+
+
+def test_method_case_does_not_matter() -> None:
+    auth = parse_authorization(_header(method="post"))
+    verify_request(auth, KEYPAIR.public_key, "POST", PATH, BODY, now=NOW)
+
+
+TAMPERED: list[tuple[str, str, bytes, int]] = [
+    ("POST", PATH, BODY + b" ", NOW),  # body changed
+    ("POST", PATH, b"", NOW),  # body dropped
+    ("PUT", PATH, BODY, NOW),  # method changed
+    ("POST", "/api/v1/population-health/sync/batches?x=2", BODY, NOW),  # query changed
+    ("POST", "/api/v1/population-health/sync/batches", BODY, NOW),  # query dropped
+    ("POST", PATH, BODY, NOW + 1),  # ts changed (within skew)
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "ts"), TAMPERED)
+def test_tampered_request_refused(method: str, path: str, body: bytes, ts: int) -> None:
+    signed = parse_authorization(_header())
+    # Replay the signature against a request that differs in one part.
+    auth = SignedAuth(key_id=signed.key_id, ts=ts, signature=signed.signature)
+    with pytest.raises(BadSignature):
+        verify_request(auth, KEYPAIR.public_key, method, path, body, now=NOW)
+
+
+def test_wrong_key_refused() -> None:
+    auth = parse_authorization(_header())
+    with pytest.raises(BadSignature):
+        verify_request(auth, OTHER.public_key, "POST", PATH, BODY, now=NOW)
+
+
+# ---------------------------------------------------------------- clock skew
+
+SKEW_CASES: list[tuple[float, bool]] = [
+    (NOW, True),  # same clock
+    (NOW + 300, True),  # caller 300 s behind: at the limit, accepted
+    (NOW - 300, True),  # caller 300 s ahead: at the limit, accepted
+    (NOW + 301, False),  # caller 301 s behind: refused
+    (NOW - 301, False),  # caller 301 s ahead: refused
+    (NOW + 300.5, False),  # fractions count: 300.5 > 300
+    (NOW + 86_400, False),  # a day off
+]
+
+
+@pytest.mark.parametrize(("now", "accepted"), SKEW_CASES)
+def test_clock_skew(now: float, accepted: bool) -> None:
+    auth = parse_authorization(_header())
+    if accepted:
+        verify_request(auth, KEYPAIR.public_key, "POST", PATH, BODY, now=now)
+        return
+    with pytest.raises(ClockSkew) as info:
+        verify_request(auth, KEYPAIR.public_key, "POST", PATH, BODY, now=now)
+    assert info.value.extra["serverTime"] == int(now)  # the caller corrects from this
+    assert info.value.problem()["serverTime"] == int(now)  # and it reaches the document
+
+
+def test_skew_is_checked_after_the_signature() -> None:
+    # A forged header must not learn our clock: bad signature wins over skew.
+    auth = parse_authorization(_header())
+    with pytest.raises(BadSignature):
+        verify_request(auth, OTHER.public_key, "POST", PATH, BODY, now=NOW + 10_000)
+
+
+def test_skew_limit_is_configurable() -> None:
+    auth = parse_authorization(_header())
+    with pytest.raises(ClockSkew):
+        verify_request(
+            auth, KEYPAIR.public_key, "POST", PATH, BODY, now=NOW + 61, max_skew_seconds=60
+        )
+
+
+# ---------------------------------------------------------------- header parsing
+
+SIG = base64.b64encode(KEYPAIR.sign(b"x")).decode()
+
+GOOD_HEADERS: list[tuple[str, SignedAuth]] = [
+    # the canonical form
+    (f"PHS-Ed25519 keyId=a,ts=1,sig={SIG}", SignedAuth("a", 1, base64.b64decode(SIG))),
+    # optional spaces after commas
+    (f"PHS-Ed25519 keyId=a, ts=1, sig={SIG}", SignedAuth("a", 1, base64.b64decode(SIG))),
+    # parameters in any order; scheme case-insensitive; surrounding whitespace
+    (
+        f"  phs-ed25519 sig={SIG},ts=0,keyId=node:1.a-b_c ",
+        SignedAuth("node:1.a-b_c", 0, base64.b64decode(SIG)),
+    ),
+]
+
+
+@pytest.mark.parametrize(("header", "expected"), GOOD_HEADERS)
+def test_parse_authorization(header: str, expected: SignedAuth) -> None:
+    assert parse_authorization(header) == expected
+
+
+MISSING_HEADERS: list[str | None] = [
+    None,  # no Authorization header
+    "",  # empty
+    "   ",  # blank
+    "Bearer abc.def",  # a token, not a signature
+    "Basic dXNlcjpwYXNz",  # another scheme
+    f"PHS-Ed25519x keyId=a,ts=1,sig={SIG}",  # a scheme that only starts like ours
+]
+
+
+@pytest.mark.parametrize("header", MISSING_HEADERS)
+def test_parse_authorization_missing(header: str | None) -> None:
+    with pytest.raises(MissingCredentials):
+        parse_authorization(header)
+
+
+MALFORMED_HEADERS: list[tuple[str, str]] = [
+    ("PHS-Ed25519", "malformed"),  # scheme without parameters
+    (f"PHS-Ed25519 ts=1,sig={SIG}", "missing: keyId"),  # no keyId
+    (f"PHS-Ed25519 keyId=a,sig={SIG}", "missing: ts"),  # no ts
+    ("PHS-Ed25519 keyId=a,ts=1", "missing: sig"),  # no sig
+    (f"PHS-Ed25519 keyId=a,keyId=b,ts=1,sig={SIG}", "duplicate"),  # keyId twice
+    (f"PHS-Ed25519 keyId=a,ts=1,ts=2,sig={SIG}", "duplicate"),  # ts twice
+    (f"PHS-Ed25519 keyId=a,ts=1,sig={SIG},extra=1", "unknown"),  # unknown parameter
+    (f"PHS-Ed25519 keyId=a,ts=1,,sig={SIG}", "malformed"),  # empty parameter
+    (f"PHS-Ed25519 keyId=a,ts,sig={SIG}", "malformed"),  # parameter without =
+    (f"PHS-Ed25519 keyId=a,ts=1.5,sig={SIG}", "ts must be"),  # not an integer
+    (f"PHS-Ed25519 keyId=a,ts=-1,sig={SIG}", "ts must be"),  # negative
+    (f"PHS-Ed25519 keyId=a,ts=+1,sig={SIG}", "ts must be"),  # int() would take it
+    (f"PHS-Ed25519 keyId=a,ts=1_0,sig={SIG}", "ts must be"),  # int() would take it
+    (f"PHS-Ed25519 keyId=a,ts=,sig={SIG}", "ts must be"),  # empty
+    (f"PHS-Ed25519 keyId=a,ts={'9' * 40},sig={SIG}", "ts must be"),  # absurdly long
+    ("PHS-Ed25519 keyId=a,ts=1,sig=***", "base64"),  # not base64
+    ("PHS-Ed25519 keyId=a,ts=1,sig=é", "base64"),  # not ASCII
+    (f"PHS-Ed25519 keyId=a,ts=1,sig={SIG[:-4]}", "64 bytes"),  # truncated signature
+    (f"PHS-Ed25519 keyId=,ts=1,sig={SIG}", "keyId"),  # empty keyId
+    (f"PHS-Ed25519 keyId=a/b,ts=1,sig={SIG}", "keyId"),  # not an identifier
+    (f"PHS-Ed25519 keyId={'k' * 129},ts=1,sig={SIG}", "keyId"),  # 129 characters
+]
+
+
+@pytest.mark.parametrize(("header", "detail"), MALFORMED_HEADERS)
+def test_parse_authorization_malformed(header: str, detail: str) -> None:
+    with pytest.raises(BadSignature, match=detail):
+        parse_authorization(header)
+
+
+def test_authorization_header_refuses_bad_key_id() -> None:
+    with pytest.raises(ValueError):
+        authorization_header(KEYPAIR, "bad id", "GET", "/", b"", NOW)  # space not allowed
