@@ -25,7 +25,8 @@ def gateway_settings(tmp_path: Any) -> Settings:
 @pytest.fixture
 async def gateway(
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],  # type: ignore[type-arg]
-    gateway_settings: Settings, clock: FakeClock,
+    gateway_settings: Settings,
+    clock: FakeClock,
 ) -> Gateway:
     client = await aiohttp_client(create_app(gateway_settings, clock))
     return Gateway(client, clock)

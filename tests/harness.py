@@ -59,61 +59,90 @@ class Gateway:
 
     async def token(self, role: str, tenant: str = "t1") -> str:
         async with self.database.write() as conn:
-            token, _ = await create_token(conn, tenant_id=tenant, role=role, label="test",
-                                          now=self.clock())
+            token, _ = await create_token(
+                conn, tenant_id=tenant, role=role, label="test", now=self.clock()
+            )
         return token
 
-    async def enroll(self, node_id: str = "edge-01", tenant: str = "t1",
-                     facilities: tuple[str, ...] = ("f-001",)) -> NodeIdentity:
+    async def enroll(
+        self, node_id: str = "edge-01", tenant: str = "t1", facilities: tuple[str, ...] = ("f-001",)
+    ) -> NodeIdentity:
         node = NodeIdentity(node_id, tenant, list(facilities))
         async with self.database.write() as conn:
-            await enroll_node(conn, node_id=node_id, tenant_id=tenant, facility_ids=facilities,
-                              public_key=node.keypair.public_key, capabilities=[],
-                              now=self.clock())
+            await enroll_node(
+                conn,
+                node_id=node_id,
+                tenant_id=tenant,
+                facility_ids=facilities,
+                public_key=node.keypair.public_key,
+                capabilities=[],
+                now=self.clock(),
+            )
         return node
 
-    async def create_item(self, token: str, item_id: str, state: str,
-                          facility: str = "f-001", **extra: Any) -> Any:
+    async def create_item(
+        self, token: str, item_id: str, state: str, facility: str = "f-001", **extra: Any
+    ) -> Any:
         resp = await self.client.post(
-            f"{PREFIX}/outreach-items", json={"id": item_id, "facilityId": facility,
-                                              "state": state, **extra},
-            headers={"Authorization": f"Bearer {token}"})
+            f"{PREFIX}/outreach-items",
+            json={"id": item_id, "facilityId": facility, "state": state, **extra},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert resp.status == 201, await resp.text()
         return await resp.json()
 
-    async def signed(self, node: NodeIdentity, method: str, path: str, body: bytes = b"",
-                     content_type: str = "application/msgpack",
-                     headers: Mapping[str, str] | None = None,
-                     ts: int | None = None, keypair: KeyPair | None = None) -> Any:
+    async def signed(
+        self,
+        node: NodeIdentity,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        content_type: str = "application/msgpack",
+        headers: Mapping[str, str] | None = None,
+        ts: int | None = None,
+        keypair: KeyPair | None = None,
+    ) -> Any:
         stamp = int(self.clock().timestamp()) if ts is None else ts
-        auth = authorization_header(keypair or node.keypair, node.node_id, method, path, body,
-                                    stamp)
-        all_headers = {"Authorization": auth, "Content-Type": content_type,
-                       **(headers or {})}
+        auth = authorization_header(
+            keypair or node.keypair, node.node_id, method, path, body, stamp
+        )
+        all_headers = {"Authorization": auth, "Content-Type": content_type, **(headers or {})}
         return await self.client.request(method, path, data=body, headers=all_headers)
 
-    def batch(self, node: NodeIdentity, items: list[dict[str, Any]],
-              batch_id: str | None = None) -> tuple[str, bytes]:
+    def batch(
+        self, node: NodeIdentity, items: list[dict[str, Any]], batch_id: str | None = None
+    ) -> tuple[str, bytes]:
         if batch_id is None:
             self._batch_counter += 1
             batch_id = f"b-{node.node_id}-{self._batch_counter}"
-        doc = {"v": 1, "batchId": batch_id, "nodeId": node.node_id,
-               "createdAt": format_timestamp(self.clock()), "items": items}
+        doc = {
+            "v": 1,
+            "batchId": batch_id,
+            "nodeId": node.node_id,
+            "createdAt": format_timestamp(self.clock()),
+            "items": items,
+        }
         return batch_id, msgpack.packb(doc, use_bin_type=True)
 
-    async def post_batch(self, node: NodeIdentity, items: list[dict[str, Any]],
-                         batch_id: str | None = None) -> Any:
+    async def post_batch(
+        self, node: NodeIdentity, items: list[dict[str, Any]], batch_id: str | None = None
+    ) -> Any:
         batch_id, body = self.batch(node, items, batch_id)
-        return await self.signed(node, "POST", f"{PREFIX}/sync/batches", body,
-                                 headers={"Idempotency-Key": batch_id,
-                                          "Accept": "application/msgpack"})
+        return await self.signed(
+            node,
+            "POST",
+            f"{PREFIX}/sync/batches",
+            body,
+            headers={"Idempotency-Key": batch_id, "Accept": "application/msgpack"},
+        )
 
     async def table_counts(self) -> dict[str, int]:
         counts = {}
         async with self.database.read() as conn:
             for table in metadata.sorted_tables:
-                counts[table.name] = (await conn.execute(
-                    sa.select(sa.func.count()).select_from(table))).scalar_one()
+                counts[table.name] = (
+                    await conn.execute(sa.select(sa.func.count()).select_from(table))
+                ).scalar_one()
         return counts
 
     async def snapshot(self) -> dict[str, list[Any]]:
@@ -126,27 +155,57 @@ class Gateway:
         return rows
 
 
-def transition(tid: str, item: str, frm: str, to: str, at: str = "2026-11-25T11:00:00.000Z",
-               device: str = "tab-a", **extra: Any) -> dict[str, Any]:
-    return {"kind": "outreach.transition", "id": tid, "itemId": item, "from": frm, "to": to,
-            "occurredAt": at, "deviceId": device, "actorId": "worker-1", **extra}
+def transition(
+    tid: str,
+    item: str,
+    frm: str,
+    to: str,
+    at: str = "2026-11-25T11:00:00.000Z",
+    device: str = "tab-a",
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "kind": "outreach.transition",
+        "id": tid,
+        "itemId": item,
+        "from": frm,
+        "to": to,
+        "occurredAt": at,
+        "deviceId": device,
+        "actorId": "worker-1",
+        **extra,
+    }
 
 
-def signed_report(node: NodeIdentity, period_type: str = "weekly", period_key: str = "2026-W47",
-                  facility: str | None = None, patients: int = 41,
-                  keypair: KeyPair | None = None, **overrides: Any) -> dict[str, Any]:
-    metrics = {"patientCount": patients, "encounterCount": 57,
-               "screening": {"due": 20, "done": 15, "rate": 0.75},
-               "immunization": {"due": 12, "given": 9, "rate": 0.75}}
+def signed_report(
+    node: NodeIdentity,
+    period_type: str = "weekly",
+    period_key: str = "2026-W47",
+    facility: str | None = None,
+    patients: int = 41,
+    keypair: KeyPair | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    metrics = {
+        "patientCount": patients,
+        "encounterCount": 57,
+        "screening": {"due": 20, "done": 15, "rate": 0.75},
+        "immunization": {"due": 12, "given": 9, "rate": 0.75},
+    }
     report = FacilityReport(
         tenant_id=overrides.get("tenant", node.tenant_id),
         facility_id=facility or node.facility_ids[0],
         device_id=overrides.get("device", node.node_id),
         period=parse_period(period_type, period_key),
-        generated_at=START, metrics=metrics)
+        generated_at=START,
+        metrics=metrics,
+    )
     payload = encode_report_payload(report)
-    return {"deviceId": node.node_id, "payload": payload,
-            "signature": (keypair or node.keypair).sign(payload)}
+    return {
+        "deviceId": node.node_id,
+        "payload": payload,
+        "signature": (keypair or node.keypair).sign(payload),
+    }
 
 
 def json_body(doc: Any) -> bytes:

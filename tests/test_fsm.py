@@ -52,9 +52,13 @@ class Item:
 
 def transition_from_step(step: dict[str, Any]) -> Transition:
     return Transition(
-        id=step["id"], item_id="item-1", from_state=step["from"], to_state=step["to"],
+        id=step["id"],
+        item_id="item-1",
+        from_state=step["from"],
+        to_state=step["to"],
         occurred_at=parse_timestamp(step["occurredAt"], "occurredAt"),
-        device_id=step["deviceId"], actor_id="actor",
+        device_id=step["deviceId"],
+        actor_id="actor",
         role=Role.SERVER if step["writer"] == "server" else Role.WORKER,
     )
 
@@ -70,10 +74,12 @@ def test_vector_case(case: dict[str, Any]) -> None:
         assert (r.code.value if r.code else None) == expect.get("code"), step["id"]
 
 
-def t(tid: str, frm: str, to: str, minute: int = 0, device: str = "tab-a",
-      role: Role = Role.WORKER) -> Transition:
-    return Transition(tid, "item-1", frm, to, NOW + timedelta(minutes=minute), device,
-                      "actor", role)
+def t(
+    tid: str, frm: str, to: str, minute: int = 0, device: str = "tab-a", role: Role = Role.WORKER
+) -> Transition:
+    return Transition(
+        tid, "item-1", frm, to, NOW + timedelta(minutes=minute), device, "actor", role
+    )
 
 
 def test_unknown_item_is_rejected_without_state() -> None:
@@ -88,8 +94,9 @@ def test_unknown_state_names_are_invalid_transitions() -> None:
 
 
 def test_supervisor_assigns_but_worker_cannot() -> None:
-    ok = resolve(ItemState(State.PENDING, None),
-                 t("a", "pending", "assigned", role=Role.SUPERVISOR), NOW)
+    ok = resolve(
+        ItemState(State.PENDING, None), t("a", "pending", "assigned", role=Role.SUPERVISOR), NOW
+    )
     refused = resolve(ItemState(State.PENDING, None), t("b", "pending", "assigned"), NOW)
     assert ok.disposition is Disposition.APPLIED  # supervisors assign (table row 1)
     assert refused.code is ItemCode.FSM_INVALID_TRANSITION  # workers do not
@@ -124,9 +131,13 @@ def test_cancel_is_the_only_server_only_transition() -> None:
 
 states = st.sampled_from(list(State))
 steps = st.lists(
-    st.tuples(st.sampled_from(sorted(ALLOWED, key=str)) | st.tuples(states, states),
-              st.integers(-30, 30), st.sampled_from(["tab-a", "tab-b", "server"]),
-              st.sampled_from(list(Role)), st.integers(0, 12)),
+    st.tuples(
+        st.sampled_from(sorted(ALLOWED, key=str)) | st.tuples(states, states),
+        st.integers(-30, 30),
+        st.sampled_from(["tab-a", "tab-b", "server"]),
+        st.sampled_from(list(Role)),
+        st.integers(0, 12),
+    ),
     max_size=25,
 )
 

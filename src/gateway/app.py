@@ -48,13 +48,14 @@ def add_routes(app: web.Application) -> None:
 
 def create_app(settings: Settings, clock: Clock = system_clock) -> web.Application:
     # aiohttp refuses larger bodies itself; we translate its 413 into our problem.
-    app = web.Application(middlewares=[problem_middleware],
-                          client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[CLOCK] = clock
-    app[LIMITS] = Limits(max_body_bytes=settings.max_body_bytes,
-                         max_depth=settings.max_nesting_depth,
-                         max_items=settings.max_batch_items)
+    app[LIMITS] = Limits(
+        max_body_bytes=settings.max_body_bytes,
+        max_depth=settings.max_nesting_depth,
+        max_items=settings.max_batch_items,
+    )
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_purge_expired_keys)
     add_routes(app)

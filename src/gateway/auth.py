@@ -19,8 +19,15 @@ async def authenticate_node(request: web.Request, body: bytes) -> Node:
         raise UnknownKey(f"no enrolled node {auth.key_id}")
     if not node.active:
         raise KeyRevoked(f"node {auth.key_id} is revoked")
-    verify_request(auth, node.public_key, request.method, path_with_query(request), body,
-                   now(request).timestamp(), request.app[SETTINGS].clock_skew_seconds)
+    verify_request(
+        auth,
+        node.public_key,
+        request.method,
+        path_with_query(request),
+        body,
+        now(request).timestamp(),
+        request.app[SETTINGS].clock_skew_seconds,
+    )
     return node
 
 
@@ -34,6 +41,5 @@ async def authenticate_token(request: web.Request, *roles: Role) -> TokenPrincip
     if principal is None:
         raise MissingCredentials("unknown bearer token")
     if principal.role not in roles:
-        raise RoleForbidden(f"role {principal.role} may not do this; needs "
-                            f"{' or '.join(roles)}")
+        raise RoleForbidden(f"role {principal.role} may not do this; needs {' or '.join(roles)}")
     return principal

@@ -37,8 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="TOML settings file")
     common.add_argument("--data-dir", help="directory of the SQLite store")
     common.add_argument("--database-url", help="SQLAlchemy URL (overrides --data-dir)")
-    parser = argparse.ArgumentParser(prog="phs-gateway", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="phs-gateway",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", parents=[common], help="run the HTTP gateway")
     serve.add_argument("--host")
@@ -60,13 +63,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config, overrides={
-        "data_dir": args.data_dir, "database_url": args.database_url,
-        "host": getattr(args, "host", None), "port": getattr(args, "port", None)})
+    return load_settings(
+        args.config,
+        overrides={
+            "data_dir": args.data_dir,
+            "database_url": args.database_url,
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+        },
+    )
 
 
-async def _with_store(settings: Settings,
-                      action: Callable[[Database], Awaitable[Any]]) -> Any:
+async def _with_store(settings: Settings, action: Callable[[Database], Awaitable[Any]]) -> Any:
     database = Database(settings.sqlalchemy_url())
     try:
         await database.migrate()
@@ -81,10 +89,15 @@ def _print(document: Any) -> None:
 
 async def _enroll(args: argparse.Namespace, database: Database) -> None:
     async with database.write() as conn:
-        node = await enroll_node(conn, node_id=args.node_id, tenant_id=args.tenant,
-                                 facility_ids=args.facility,
-                                 public_key=public_key_from(args.public_key),
-                                 capabilities=args.capability, now=system_clock())
+        node = await enroll_node(
+            conn,
+            node_id=args.node_id,
+            tenant_id=args.tenant,
+            facility_ids=args.facility,
+            public_key=public_key_from(args.public_key),
+            capabilities=args.capability,
+            now=system_clock(),
+        )
     _print(node.to_wire())
 
 
@@ -96,11 +109,14 @@ async def _revoke(args: argparse.Namespace, database: Database) -> None:
 
 async def _token(args: argparse.Namespace, database: Database) -> None:
     async with database.write() as conn:
-        token, principal = await create_token(conn, tenant_id=args.tenant, role=args.role,
-                                              label=args.label, now=system_clock())
+        token, principal = await create_token(
+            conn, tenant_id=args.tenant, role=args.role, label=args.label, now=system_clock()
+        )
     print(token)  # shown once: only its hash is stored
-    print(f"token id {principal.token_id}, tenant {principal.tenant_id}, "
-          f"role {principal.role}", file=sys.stderr)
+    print(
+        f"token id {principal.token_id}, tenant {principal.tenant_id}, role {principal.role}",
+        file=sys.stderr,
+    )
 
 
 async def _migrate(_args: argparse.Namespace, database: Database) -> None:
@@ -108,7 +124,9 @@ async def _migrate(_args: argparse.Namespace, database: Database) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Database], Awaitable[None]]] = {
-    "enroll-node": _enroll, "revoke-node": _revoke, "create-token": _token,
+    "enroll-node": _enroll,
+    "revoke-node": _revoke,
+    "create-token": _token,
     "migrate": _migrate,
 }
 
@@ -117,11 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
-        logging.basicConfig(level=settings.log_level,
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
         if args.command == "serve":
-            web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                        print=lambda msg: print(msg, flush=True))
+            web.run_app(
+                create_app(settings),
+                host=settings.host,
+                port=settings.port,
+                print=lambda msg: print(msg, flush=True),
+            )
             return 0
         command = COMMANDS[args.command]
         asyncio.run(_with_store(settings, lambda db: command(args, db)))

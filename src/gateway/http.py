@@ -87,12 +87,20 @@ def http_date(moment: datetime) -> str:
     return format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
-def respond(request: web.Request, status: int, document: Any,
-            headers: Mapping[str, str] | None = None, problem: bool = False) -> web.Response:
+def respond(
+    request: web.Request,
+    status: int,
+    document: Any,
+    headers: Mapping[str, str] | None = None,
+    problem: bool = False,
+) -> web.Response:
     media = answer_type(request)
     json_type = PROBLEM_JSON if problem else JSON
-    response = web.Response(status=status, body=encode(document, media),
-                            content_type=MSGPACK if media == MSGPACK else json_type)
+    response = web.Response(
+        status=status,
+        body=encode(document, media),
+        content_type=MSGPACK if media == MSGPACK else json_type,
+    )
     response.headers.update(headers or {})
     return response
 
@@ -103,15 +111,15 @@ def problem_response(request: web.Request, error: PhsError) -> web.Response:
     except PhsError:
         media = JSON  # a problem must reach the caller even if Accept is odd
     response = web.Response(
-        status=error.status, body=encode(error.problem(), media),
+        status=error.status,
+        body=encode(error.problem(), media),
         content_type=MSGPACK if media == MSGPACK else PROBLEM_JSON,
     )
     response.headers.update(error.headers())
     return response
 
 
-def query_int(request: web.Request, name: str, default: int, minimum: int,
-              maximum: int) -> int:
+def query_int(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
@@ -120,6 +128,7 @@ def query_int(request: web.Request, name: str, default: int, minimum: int,
     except ValueError as err:
         raise ValidationFailed(f"query parameter {name} must be an integer", field=name) from err
     if not minimum <= value <= maximum:
-        raise ValidationFailed(f"query parameter {name} must be in {minimum}..{maximum}",
-                               field=name)
+        raise ValidationFailed(
+            f"query parameter {name} must be in {minimum}..{maximum}", field=name
+        )
     return value

@@ -57,8 +57,9 @@ class _Claim:
     fingerprint: str
 
 
-async def run_write(request: web.Request, principal: str, body: bytes,
-                    write: WriteFn) -> web.Response:
+async def run_write(
+    request: web.Request, principal: str, body: bytes, write: WriteFn
+) -> web.Response:
     key = validate_key(request.headers.get("Idempotency-Key"))
     db = database(request)
     if key is None:
@@ -66,8 +67,9 @@ async def run_write(request: web.Request, principal: str, body: bytes,
             reply = await write(conn)
         return respond(request, reply.status, reply.document, reply.headers, reply.is_problem)
 
-    claim = _Claim(principal, key,
-                   request_fingerprint(request.method, path_with_query(request), body))
+    claim = _Claim(
+        principal, key, request_fingerprint(request.method, path_with_query(request), body)
+    )
     replay = await _claim(request, db, claim)
     if replay is not None:
         return replay
@@ -90,8 +92,9 @@ async def _claim(request: web.Request, db: Database, claim: _Claim) -> web.Respo
     moment = now(request)
     stamp = format_timestamp(moment)
     stale = format_timestamp(moment - timedelta(seconds=settings.idempotency_stale_seconds))
-    where = sa.and_(idempotency_keys.c.principal == claim.principal,
-                    idempotency_keys.c.key == claim.key)
+    where = sa.and_(
+        idempotency_keys.c.principal == claim.principal, idempotency_keys.c.key == claim.key
+    )
     async with db.write() as conn:
         row = (await conn.execute(sa.select(idempotency_keys).where(where))).first()
         if row is not None:
@@ -100,43 +103,59 @@ async def _claim(request: web.Request, db: Database, claim: _Claim) -> web.Respo
             if not (expired or abandoned):
                 if row.fingerprint != claim.fingerprint:
                     raise IdempotencyKeyMismatch(
-                        "this Idempotency-Key was used for a different request")
+                        "this Idempotency-Key was used for a different request"
+                    )
                 if row.state == IN_FLIGHT:
-                    raise IdempotencyInFlight("the first request with this key is still "
-                                              "running", retry_after=1)
+                    raise IdempotencyInFlight(
+                        "the first request with this key is still running", retry_after=1
+                    )
                 document = msgpack.unpackb(row.reply, raw=False)
-                return respond(request, row.status_code, document,
-                               {"Idempotent-Replayed": "true"})
+                return respond(request, row.status_code, document, {"Idempotent-Replayed": "true"})
             await conn.execute(idempotency_keys.delete().where(where))
         ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
-        await conn.execute(idempotency_keys.insert().values(
-            principal=claim.principal, key=claim.key, fingerprint=claim.fingerprint,
-            state=IN_FLIGHT, claimed_at=stamp, expires_at=format_timestamp(moment + ttl)))
+        await conn.execute(
+            idempotency_keys.insert().values(
+                principal=claim.principal,
+                key=claim.key,
+                fingerprint=claim.fingerprint,
+                state=IN_FLIGHT,
+                claimed_at=stamp,
+                expires_at=format_timestamp(moment + ttl),
+            )
+        )
     return None
 
 
-async def _complete(conn: AsyncConnection, claim: _Claim, reply: Reply,
-                    moment: datetime) -> None:
+async def _complete(conn: AsyncConnection, claim: _Claim, reply: Reply, moment: datetime) -> None:
     await conn.execute(
         idempotency_keys.update()
-        .where(idempotency_keys.c.principal == claim.principal,
-               idempotency_keys.c.key == claim.key)
-        .values(state=DONE, status_code=reply.status,
-                reply=msgpack.packb(reply.document, use_bin_type=True)))
+        .where(idempotency_keys.c.principal == claim.principal, idempotency_keys.c.key == claim.key)
+        .values(
+            state=DONE,
+            status_code=reply.status,
+            reply=msgpack.packb(reply.document, use_bin_type=True),
+        )
+    )
 
 
 async def _release(db: Database, claim: _Claim) -> None:
     async with db.write() as conn:
-        await conn.execute(idempotency_keys.delete().where(
-            idempotency_keys.c.principal == claim.principal,
-            idempotency_keys.c.key == claim.key,
-            idempotency_keys.c.state == IN_FLIGHT))
+        await conn.execute(
+            idempotency_keys.delete().where(
+                idempotency_keys.c.principal == claim.principal,
+                idempotency_keys.c.key == claim.key,
+                idempotency_keys.c.state == IN_FLIGHT,
+            )
+        )
 
 
 async def purge_expired(db: Database, moment: datetime) -> int:
     """Delete answers past their time to live; returns how many."""
     async with db.write() as conn:
-        result = await conn.execute(idempotency_keys.delete().where(
-            idempotency_keys.c.state == DONE,
-            idempotency_keys.c.expires_at <= format_timestamp(moment)))
+        result = await conn.execute(
+            idempotency_keys.delete().where(
+                idempotency_keys.c.state == DONE,
+                idempotency_keys.c.expires_at <= format_timestamp(moment),
+            )
+        )
     return int(result.rowcount or 0)

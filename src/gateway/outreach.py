@@ -40,8 +40,9 @@ from shared.values import (
 )
 
 AGGREGATE = "outreach_item"
-ITEM_FIELDS = frozenset({"id", "facilityId", "state", "assigneeId", "patientRef", "cohortId",
-                         "dueDate"})
+ITEM_FIELDS = frozenset(
+    {"id", "facilityId", "state", "assigneeId", "patientRef", "cohortId", "dueDate"}
+)
 CHUNK = 500  # bound the number of bound parameters per IN (...) query
 
 
@@ -54,7 +55,8 @@ class Scope:
 
     def covers(self, tenant_id: str, facility_id: str) -> bool:
         return tenant_id == self.tenant_id and (
-            self.facility_ids is None or facility_id in self.facility_ids)
+            self.facility_ids is None or facility_id in self.facility_ids
+        )
 
 
 @dataclass(frozen=True)
@@ -75,27 +77,43 @@ class _Item:
 
 def item_to_wire(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "id": row["id"], "facilityId": row["facility_id"], "state": row["state"],
-        "assigneeId": row["assignee_id"], "patientRef": row["patient_ref"],
-        "cohortId": row["cohort_id"], "dueDate": row["due_date"], "version": row["version"],
+        "id": row["id"],
+        "facilityId": row["facility_id"],
+        "state": row["state"],
+        "assigneeId": row["assignee_id"],
+        "patientRef": row["patient_ref"],
+        "cohortId": row["cohort_id"],
+        "dueDate": row["due_date"],
+        "version": row["version"],
         "updatedAt": row["updated_at"],
     }
 
 
 def _change_row(row: Mapping[str, Any], now: str) -> dict[str, Any]:
-    return {"tenant_id": row["tenant_id"], "facility_id": row["facility_id"],
-            "aggregate": AGGREGATE, "entity_id": row["id"], "op": "upsert",
-            "data": item_to_wire(row), "committed_at": now}
+    return {
+        "tenant_id": row["tenant_id"],
+        "facility_id": row["facility_id"],
+        "aggregate": AGGREGATE,
+        "entity_id": row["id"],
+        "op": "upsert",
+        "data": item_to_wire(row),
+        "committed_at": now,
+    }
 
 
 def _last_transition(row: Mapping[str, Any]) -> Transition | None:
     if row["last_transition_id"] is None:
         return None
     return Transition(
-        id=row["last_transition_id"], item_id=row["id"], from_state=row["last_from_state"],
+        id=row["last_transition_id"],
+        item_id=row["id"],
+        from_state=row["last_from_state"],
         to_state=row["last_to_state"],
         occurred_at=parse_timestamp(row["last_occurred_at"], "last_occurred_at"),
-        device_id=row["last_device_id"], actor_id="", role=Role(row["last_role"]))
+        device_id=row["last_device_id"],
+        actor_id="",
+        role=Role(row["last_role"]),
+    )
 
 
 def parse_new_item(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,13 +139,23 @@ def parse_new_item(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def create_item(conn: AsyncConnection, tenant_id: str, fields: dict[str, Any],
-                      now: datetime) -> dict[str, Any]:
+async def create_item(
+    conn: AsyncConnection, tenant_id: str, fields: dict[str, Any], now: datetime
+) -> dict[str, Any]:
     stamp = format_timestamp(now)
-    row = {**fields, "tenant_id": tenant_id, "version": 1, "created_at": stamp,
-           "updated_at": stamp, "last_transition_id": None, "last_from_state": None,
-           "last_to_state": None, "last_occurred_at": None, "last_device_id": None,
-           "last_role": None}
+    row = {
+        **fields,
+        "tenant_id": tenant_id,
+        "version": 1,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "last_transition_id": None,
+        "last_from_state": None,
+        "last_to_state": None,
+        "last_occurred_at": None,
+        "last_device_id": None,
+        "last_role": None,
+    }
     try:
         async with conn.begin_nested():
             await conn.execute(outreach_items.insert().values(**row))
@@ -138,58 +166,88 @@ async def create_item(conn: AsyncConnection, tenant_id: str, fields: dict[str, A
 
 
 async def get_item(conn: AsyncConnection, item_id: str, tenant_id: str) -> dict[str, Any]:
-    row = (await conn.execute(sa.select(outreach_items).where(
-        outreach_items.c.id == item_id, outreach_items.c.tenant_id == tenant_id))).first()
+    row = (
+        await conn.execute(
+            sa.select(outreach_items).where(
+                outreach_items.c.id == item_id, outreach_items.c.tenant_id == tenant_id
+            )
+        )
+    ).first()
     if row is None:
         raise NotFound(f"no outreach item {item_id}")
     log = await conn.execute(
-        sa.select(outreach_transitions).where(outreach_transitions.c.item_id == item_id,
-                                              outreach_transitions.c.tenant_id == tenant_id)
-        .order_by(outreach_transitions.c.seq))
-    history = [{
-        "id": t.transition_id, "from": t.from_state, "to": t.to_state,
-        "occurredAt": t.occurred_at, "receivedAt": t.received_at, "deviceId": t.device_id,
-        "actorId": t.actor_id, "role": t.role, "seq": t.device_seq, "source": t.source,
-        "disposition": t.disposition, "code": t.code, "clockAdjusted": t.clock_adjusted,
-    } for t in log]
+        sa.select(outreach_transitions)
+        .where(
+            outreach_transitions.c.item_id == item_id, outreach_transitions.c.tenant_id == tenant_id
+        )
+        .order_by(outreach_transitions.c.seq)
+    )
+    history = [
+        {
+            "id": t.transition_id,
+            "from": t.from_state,
+            "to": t.to_state,
+            "occurredAt": t.occurred_at,
+            "receivedAt": t.received_at,
+            "deviceId": t.device_id,
+            "actorId": t.actor_id,
+            "role": t.role,
+            "seq": t.device_seq,
+            "source": t.source,
+            "disposition": t.disposition,
+            "code": t.code,
+            "clockAdjusted": t.clock_adjusted,
+        }
+        for t in log
+    ]
     return {**item_to_wire(dict(row._mapping)), "history": history}
 
 
 async def _load_items(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, _Item]:
     found: dict[str, _Item] = {}
     for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK]
-        rows = await conn.execute(sa.select(outreach_items)
-                                  .where(outreach_items.c.id.in_(chunk)))
+        chunk = ids[start : start + CHUNK]
+        rows = await conn.execute(sa.select(outreach_items).where(outreach_items.c.id.in_(chunk)))
         for row in rows:
             data = dict(row._mapping)
             found[data["id"]] = _Item(data, State(data["state"]), _last_transition(data))
     return found
 
 
-async def _load_seen(conn: AsyncConnection, tenant_id: str,
-                     pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Disposition]:
+async def _load_seen(
+    conn: AsyncConnection, tenant_id: str, pairs: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Disposition]:
     """First recorded disposition of each (item, transition id) already logged."""
     wanted = set(pairs)
     ids = sorted({tid for _, tid in wanted})
     seen: dict[tuple[str, str], Disposition] = {}
     for start in range(0, len(ids), CHUNK):
         rows = await conn.execute(
-            sa.select(outreach_transitions.c.item_id, outreach_transitions.c.transition_id,
-                      outreach_transitions.c.disposition)
-            .where(outreach_transitions.c.transition_id.in_(ids[start:start + CHUNK]),
-                   outreach_transitions.c.tenant_id == tenant_id,
-                   outreach_transitions.c.disposition != Disposition.DUPLICATE.value)
-            .order_by(outreach_transitions.c.seq))
+            sa.select(
+                outreach_transitions.c.item_id,
+                outreach_transitions.c.transition_id,
+                outreach_transitions.c.disposition,
+            )
+            .where(
+                outreach_transitions.c.transition_id.in_(ids[start : start + CHUNK]),
+                outreach_transitions.c.tenant_id == tenant_id,
+                outreach_transitions.c.disposition != Disposition.DUPLICATE.value,
+            )
+            .order_by(outreach_transitions.c.seq)
+        )
         for item_id, tid, disposition in rows:
             if (item_id, tid) in wanted:
                 seen.setdefault((item_id, tid), Disposition(disposition))
     return seen
 
 
-async def apply_transitions(conn: AsyncConnection, transitions: Sequence[Transition],
-                            scope: Scope, source: Source,
-                            now: datetime) -> list[dict[str, Any]]:
+async def apply_transitions(
+    conn: AsyncConnection,
+    transitions: Sequence[Transition],
+    scope: Scope,
+    source: Source,
+    now: datetime,
+) -> list[dict[str, Any]]:
     """Resolve and record transitions in order; one result per transition."""
     stamp = format_timestamp(now)
     items = await _load_items(conn, sorted({t.item_id for t in transitions}))
@@ -203,11 +261,15 @@ async def apply_transitions(conn: AsyncConnection, transitions: Sequence[Transit
             item = None  # another tenant's item is unknown here: existence is not leaked
         if item is not None and not scope.covers(item.row["tenant_id"], item.row["facility_id"]):
             t_clamped, adjusted = clamp(t, now)
-            r = Resolution(Disposition.REJECTED, ItemCode.OUT_OF_SCOPE, item.state, t_clamped,
-                           adjusted)
+            r = Resolution(
+                Disposition.REJECTED, ItemCode.OUT_OF_SCOPE, item.state, t_clamped, adjusted
+            )
         else:
-            current = None if item is None else ItemState(item.state, item.last,
-                                                          seen.get((t.item_id, t.id)))
+            current = (
+                None
+                if item is None
+                else ItemState(item.state, item.last, seen.get((t.item_id, t.id)))
+            )
             r = resolve(current, t, now)
         results.append(_result(r))
         log_rows.append(_log_row(r, scope.tenant_id, source, stamp))
@@ -216,28 +278,36 @@ async def apply_transitions(conn: AsyncConnection, transitions: Sequence[Transit
         if r.disposition is not Disposition.DUPLICATE:
             seen[(t.item_id, t.id)] = r.disposition
         if r.superseded is not None:
-            superseded.append({"b_tenant": scope.tenant_id, "b_item": t.item_id,
-                               "b_tid": r.superseded.id})
+            superseded.append(
+                {"b_tenant": scope.tenant_id, "b_item": t.item_id, "b_tid": r.superseded.id}
+            )
             seen[(t.item_id, r.superseded.id)] = Disposition.SUPERSEDED
         if r.changed_state:
             assert r.state is not None
             item.state, item.last, item.changed = r.state, r.transition, True
             item.row.update(
-                state=r.state.value, version=item.row["version"] + 1, updated_at=stamp,
-                last_transition_id=r.transition.id, last_from_state=r.transition.from_state,
+                state=r.state.value,
+                version=item.row["version"] + 1,
+                updated_at=stamp,
+                last_transition_id=r.transition.id,
+                last_from_state=r.transition.from_state,
                 last_to_state=r.transition.to_state,
                 last_occurred_at=format_timestamp(r.transition.occurred_at),
-                last_device_id=r.transition.device_id, last_role=r.transition.role.value)
-    await _write(conn, log_rows, superseded, [i.row for i in items.values() if i.changed],
-                 stamp)
+                last_device_id=r.transition.device_id,
+                last_role=r.transition.role.value,
+            )
+    await _write(conn, log_rows, superseded, [i.row for i in items.values() if i.changed], stamp)
     return results
 
 
 def _result(r: Resolution) -> dict[str, Any]:
     """The per-item answer: disposition and the authoritative state after it."""
-    result: dict[str, Any] = {"id": r.transition.id, "status": r.disposition.value,
-                              "itemId": r.transition.item_id,
-                              "state": None if r.state is None else r.state.value}
+    result: dict[str, Any] = {
+        "id": r.transition.id,
+        "status": r.disposition.value,
+        "itemId": r.transition.item_id,
+        "state": None if r.state is None else r.state.value,
+    }
     if r.code is not None:
         result["code"] = r.code.value
     if r.recorded is not None:
@@ -250,26 +320,46 @@ def _result(r: Resolution) -> dict[str, Any]:
 def _log_row(r: Resolution, tenant_id: str, source: Source, stamp: str) -> dict[str, Any]:
     t = r.transition
     return {
-        "tenant_id": tenant_id, "item_id": t.item_id, "transition_id": t.id,
-        "from_state": t.from_state, "to_state": t.to_state,
-        "occurred_at": format_timestamp(t.occurred_at), "received_at": stamp,
-        "device_id": t.device_id, "actor_id": t.actor_id, "role": t.role.value,
-        "device_seq": t.seq, "source": source.name, "batch_id": source.batch_id,
-        "disposition": r.disposition.value, "code": None if r.code is None else r.code.value,
+        "tenant_id": tenant_id,
+        "item_id": t.item_id,
+        "transition_id": t.id,
+        "from_state": t.from_state,
+        "to_state": t.to_state,
+        "occurred_at": format_timestamp(t.occurred_at),
+        "received_at": stamp,
+        "device_id": t.device_id,
+        "actor_id": t.actor_id,
+        "role": t.role.value,
+        "device_seq": t.seq,
+        "source": source.name,
+        "batch_id": source.batch_id,
+        "disposition": r.disposition.value,
+        "code": None if r.code is None else r.code.value,
         "clock_adjusted": r.clock_adjusted,
     }
 
 
 _SUPERSEDE = (
     outreach_transitions.update()
-    .where(outreach_transitions.c.tenant_id == sa.bindparam("b_tenant"),
-           outreach_transitions.c.item_id == sa.bindparam("b_item"),
-           outreach_transitions.c.transition_id == sa.bindparam("b_tid"),
-           outreach_transitions.c.disposition == Disposition.APPLIED.value)
+    .where(
+        outreach_transitions.c.tenant_id == sa.bindparam("b_tenant"),
+        outreach_transitions.c.item_id == sa.bindparam("b_item"),
+        outreach_transitions.c.transition_id == sa.bindparam("b_tid"),
+        outreach_transitions.c.disposition == Disposition.APPLIED.value,
+    )
     .values(disposition=Disposition.SUPERSEDED.value)
 )
-_ITEM_COLUMNS = ("state", "version", "updated_at", "last_transition_id", "last_from_state",
-                 "last_to_state", "last_occurred_at", "last_device_id", "last_role")
+_ITEM_COLUMNS = (
+    "state",
+    "version",
+    "updated_at",
+    "last_transition_id",
+    "last_from_state",
+    "last_to_state",
+    "last_occurred_at",
+    "last_device_id",
+    "last_role",
+)
 _UPDATE_ITEM = (
     outreach_items.update()
     .where(outreach_items.c.id == sa.bindparam("b_id"))
@@ -277,16 +367,24 @@ _UPDATE_ITEM = (
 )
 
 
-async def _write(conn: AsyncConnection, log_rows: list[dict[str, Any]],
-                 superseded: list[dict[str, Any]], changed: list[dict[str, Any]],
-                 stamp: str) -> None:
+async def _write(
+    conn: AsyncConnection,
+    log_rows: list[dict[str, Any]],
+    superseded: list[dict[str, Any]],
+    changed: list[dict[str, Any]],
+    stamp: str,
+) -> None:
     if log_rows:
         await conn.execute(outreach_transitions.insert(), log_rows)
     # Supersede after inserting: the loser may have been applied in this batch.
     if superseded:
         await conn.execute(_SUPERSEDE, superseded)
     if changed:
-        await conn.execute(_UPDATE_ITEM, [
-            {"b_id": row["id"], **{f"b_{name}": row[name] for name in _ITEM_COLUMNS}}
-            for row in changed])
+        await conn.execute(
+            _UPDATE_ITEM,
+            [
+                {"b_id": row["id"], **{f"b_{name}": row[name] for name in _ITEM_COLUMNS}}
+                for row in changed
+            ],
+        )
         await conn.execute(changes.insert(), [_change_row(row, stamp) for row in changed])

@@ -50,10 +50,15 @@ class Node:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "nodeId": self.node_id, "tenantId": self.tenant_id,
-            "facilityIds": sorted(self.facility_ids), "publicKey": self.public_key,
-            "fp": fingerprint(self.public_key), "capabilities": sorted(self.capabilities),
-            "status": self.status, "enrolledAt": self.enrolled_at, "revokedAt": self.revoked_at,
+            "nodeId": self.node_id,
+            "tenantId": self.tenant_id,
+            "facilityIds": sorted(self.facility_ids),
+            "publicKey": self.public_key,
+            "fp": fingerprint(self.public_key),
+            "capabilities": sorted(self.capabilities),
+            "status": self.status,
+            "enrolledAt": self.enrolled_at,
+            "revokedAt": self.revoked_at,
         }
 
 
@@ -69,9 +74,16 @@ class TokenPrincipal:
 
 
 def _node_from_row(row: Mapping[str, Any]) -> Node:
-    return Node(row["node_id"], row["tenant_id"], frozenset(row["facility_ids"]),
-                bytes(row["public_key"]), frozenset(row["capabilities"]), row["status"],
-                row["enrolled_at"], row["revoked_at"])
+    return Node(
+        row["node_id"],
+        row["tenant_id"],
+        frozenset(row["facility_ids"]),
+        bytes(row["public_key"]),
+        frozenset(row["capabilities"]),
+        row["status"],
+        row["enrolled_at"],
+        row["revoked_at"],
+    )
 
 
 async def get_node(conn: AsyncConnection, node_id: str) -> Node | None:
@@ -79,21 +91,34 @@ async def get_node(conn: AsyncConnection, node_id: str) -> Node | None:
     return None if row is None else _node_from_row(dict(row._mapping))
 
 
-async def enroll_node(conn: AsyncConnection, *, node_id: str, tenant_id: str,
-                      facility_ids: Iterable[str], public_key: bytes,
-                      capabilities: Iterable[str], now: datetime) -> Node:
+async def enroll_node(
+    conn: AsyncConnection,
+    *,
+    node_id: str,
+    tenant_id: str,
+    facility_ids: Iterable[str],
+    public_key: bytes,
+    capabilities: Iterable[str],
+    now: datetime,
+) -> Node:
     facilities = sorted({identifier(f, "facilityIds[]") for f in facility_ids})
     if not facilities:
         raise ValidationFailed("a node needs at least one facility", field="facilityIds")
     caps = sorted(set(capabilities))
     unknown = set(caps) - CAPABILITIES
     if unknown:
-        raise ValidationFailed(f"unknown capabilities: {', '.join(sorted(unknown))}",
-                               field="capabilities")
+        raise ValidationFailed(
+            f"unknown capabilities: {', '.join(sorted(unknown))}", field="capabilities"
+        )
     row = {
-        "node_id": identifier(node_id, "nodeId"), "tenant_id": identifier(tenant_id, "tenantId"),
-        "facility_ids": facilities, "public_key": public_key, "capabilities": caps,
-        "status": "active", "enrolled_at": format_timestamp(now), "revoked_at": None,
+        "node_id": identifier(node_id, "nodeId"),
+        "tenant_id": identifier(tenant_id, "tenantId"),
+        "facility_ids": facilities,
+        "public_key": public_key,
+        "capabilities": caps,
+        "status": "active",
+        "enrolled_at": format_timestamp(now),
+        "revoked_at": None,
     }
     try:
         async with conn.begin_nested():
@@ -103,15 +128,19 @@ async def enroll_node(conn: AsyncConnection, *, node_id: str, tenant_id: str,
     return _node_from_row(row)
 
 
-async def revoke_node(conn: AsyncConnection, node_id: str, now: datetime,
-                      tenant_id: str | None = None) -> Node:
+async def revoke_node(
+    conn: AsyncConnection, node_id: str, now: datetime, tenant_id: str | None = None
+) -> Node:
     """Revoke a node (idempotent). ``tenant_id`` limits it to one tenant's nodes."""
     node = await get_node(conn, node_id)
     if node is None or (tenant_id is not None and node.tenant_id != tenant_id):
         raise NotFound(f"no node {node_id}")
     if node.active:
-        await conn.execute(nodes.update().where(nodes.c.node_id == node_id)
-                           .values(status="revoked", revoked_at=format_timestamp(now)))
+        await conn.execute(
+            nodes.update()
+            .where(nodes.c.node_id == node_id)
+            .values(status="revoked", revoked_at=format_timestamp(now))
+        )
         node = await get_node(conn, node_id)
         assert node is not None
     return node
@@ -121,8 +150,9 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-async def create_token(conn: AsyncConnection, *, tenant_id: str, role: str, label: str,
-                       now: datetime) -> tuple[str, TokenPrincipal]:
+async def create_token(
+    conn: AsyncConnection, *, tenant_id: str, role: str, label: str, now: datetime
+) -> tuple[str, TokenPrincipal]:
     """A new bearer token; the plaintext is returned once and never stored."""
     try:
         checked_role = Role(role)
@@ -130,15 +160,25 @@ async def create_token(conn: AsyncConnection, *, tenant_id: str, role: str, labe
         raise ValidationFailed(f"role must be one of {', '.join(Role)}", field="role") from err
     token_id = secrets.token_hex(6)
     token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
-    await conn.execute(tokens.insert().values(
-        token_hash=token_hash(token), token_id=token_id,
-        tenant_id=identifier(tenant_id, "tenant"), role=checked_role.value,
-        label=label[:200], created_at=format_timestamp(now)))
+    await conn.execute(
+        tokens.insert().values(
+            token_hash=token_hash(token),
+            token_id=token_id,
+            tenant_id=identifier(tenant_id, "tenant"),
+            role=checked_role.value,
+            label=label[:200],
+            created_at=format_timestamp(now),
+        )
+    )
     return token, TokenPrincipal(token_id, tenant_id, checked_role)
 
 
 async def find_token(conn: AsyncConnection, token: str) -> TokenPrincipal | None:
-    row = (await conn.execute(
-        sa.select(tokens.c.token_id, tokens.c.tenant_id, tokens.c.role)
-        .where(tokens.c.token_hash == token_hash(token)))).first()
+    row = (
+        await conn.execute(
+            sa.select(tokens.c.token_id, tokens.c.tenant_id, tokens.c.role).where(
+                tokens.c.token_hash == token_hash(token)
+            )
+        )
+    ).first()
     return None if row is None else TokenPrincipal(row.token_id, row.tenant_id, Role(row.role))

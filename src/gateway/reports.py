@@ -33,8 +33,9 @@ class ReportOutcome:
     report_id: str  # the stored report (for a conflict: the one it conflicts with)
 
 
-async def verified_report(conn: AsyncConnection, submission: ReportSubmission,
-                          tenant_id: str | None = None) -> FacilityReport:
+async def verified_report(
+    conn: AsyncConnection, submission: ReportSubmission, tenant_id: str | None = None
+) -> FacilityReport:
     """Check the signature with the device's enrolled key (before decoding the
     payload), then that the payload lies within the device's enrollment.
     ``tenant_id``, when given, is the tenant of the node relaying it."""
@@ -47,50 +48,86 @@ async def verified_report(conn: AsyncConnection, submission: ReportSubmission,
     report = parse_report_payload(submission.payload)
     if report.device_id != node.node_id:
         raise OutOfScope("the payload's deviceId is not the signing device")
-    if report.tenant_id != node.tenant_id or (tenant_id is not None
-                                              and tenant_id != node.tenant_id):
+    if report.tenant_id != node.tenant_id or (
+        tenant_id is not None and tenant_id != node.tenant_id
+    ):
         raise OutOfScope(f"tenant {report.tenant_id} is outside the device's enrollment")
     if report.facility_id not in node.facility_ids:
         raise OutOfScope(f"facility {report.facility_id} is outside the device's enrollment")
     return report
 
 
-async def store_report(conn: AsyncConnection, submission: ReportSubmission,
-                       report: FacilityReport, now: datetime) -> ReportOutcome:
+async def store_report(
+    conn: AsyncConnection, submission: ReportSubmission, report: FacilityReport, now: datetime
+) -> ReportOutcome:
     stamp = format_timestamp(now)
-    existing = (await conn.execute(
-        sa.select(facility_reports.c.report_id, facility_reports.c.metrics).where(
-            facility_reports.c.facility_id == report.facility_id,
-            facility_reports.c.period_key == report.period.key,
-            facility_reports.c.device_id == report.device_id))).first()
+    existing = (
+        await conn.execute(
+            sa.select(facility_reports.c.report_id, facility_reports.c.metrics).where(
+                facility_reports.c.facility_id == report.facility_id,
+                facility_reports.c.period_key == report.period.key,
+                facility_reports.c.device_id == report.device_id,
+            )
+        )
+    ).first()
     if existing is None:
         outcome = ReportOutcome("merged", f"rpt_{uuid.uuid4().hex}")
-        await conn.execute(facility_reports.insert().values(
-            report_id=outcome.report_id, tenant_id=report.tenant_id,
-            facility_id=report.facility_id, period_type=report.period.type.value,
-            period_key=report.period.key, device_id=report.device_id,
-            payload=submission.payload, signature=submission.signature,
-            metrics=report.metrics, generated_at=format_timestamp(report.generated_at),
-            received_at=stamp))
-        await append_event(conn, SYNCED_EVENT, report.tenant_id, now, {
-            "reportId": outcome.report_id, "facilityId": report.facility_id,
-            "periodKey": report.period.key, "periodType": report.period.type.value,
-            "deviceId": report.device_id})
+        await conn.execute(
+            facility_reports.insert().values(
+                report_id=outcome.report_id,
+                tenant_id=report.tenant_id,
+                facility_id=report.facility_id,
+                period_type=report.period.type.value,
+                period_key=report.period.key,
+                device_id=report.device_id,
+                payload=submission.payload,
+                signature=submission.signature,
+                metrics=report.metrics,
+                generated_at=format_timestamp(report.generated_at),
+                received_at=stamp,
+            )
+        )
+        await append_event(
+            conn,
+            SYNCED_EVENT,
+            report.tenant_id,
+            now,
+            {
+                "reportId": outcome.report_id,
+                "facilityId": report.facility_id,
+                "periodKey": report.period.key,
+                "periodType": report.period.type.value,
+                "deviceId": report.device_id,
+            },
+        )
     elif same_metrics(existing.metrics, report.metrics):
         outcome = ReportOutcome("duplicate", existing.report_id)
     else:
         outcome = ReportOutcome("conflict", existing.report_id)
     # Every submission that passed the signature check is kept, refused copies too.
-    await conn.execute(report_submissions.insert().values(
-        report_id=outcome.report_id, device_id=report.device_id,
-        facility_id=report.facility_id, period_key=report.period.key,
-        disposition=outcome.status, payload=submission.payload,
-        signature=submission.signature, received_at=stamp))
+    await conn.execute(
+        report_submissions.insert().values(
+            report_id=outcome.report_id,
+            device_id=report.device_id,
+            facility_id=report.facility_id,
+            period_key=report.period.key,
+            disposition=outcome.status,
+            payload=submission.payload,
+            signature=submission.signature,
+            received_at=stamp,
+        )
+    )
     return outcome
 
 
 def report_to_wire(row: Any) -> dict[str, Any]:
-    return {"reportId": row.report_id, "facilityId": row.facility_id,
-            "periodType": row.period_type, "periodKey": row.period_key,
-            "deviceId": row.device_id, "metrics": row.metrics,
-            "generatedAt": row.generated_at, "receivedAt": row.received_at}
+    return {
+        "reportId": row.report_id,
+        "facilityId": row.facility_id,
+        "periodType": row.period_type,
+        "periodKey": row.period_key,
+        "deviceId": row.device_id,
+        "metrics": row.metrics,
+        "generatedAt": row.generated_at,
+        "receivedAt": row.received_at,
+    }

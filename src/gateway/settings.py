@@ -30,19 +30,24 @@ class Settings:
     port: int = setting(8480, "TCP port to listen on.")
     data_dir: str = setting("./gateway-data", "Directory for the SQLite database and logs.")
     database_url: str = setting(
-        "", "SQLAlchemy URL of the store; empty means SQLite at DATA_DIR/gateway.db "
-        "(sqlite+aiosqlite:///…). PostgreSQL: postgresql+asyncpg://user@host/db.")
+        "",
+        "SQLAlchemy URL of the store; empty means SQLite at DATA_DIR/gateway.db "
+        "(sqlite+aiosqlite:///…). PostgreSQL: postgresql+asyncpg://user@host/db.",
+    )
     max_body_bytes: int = setting(4 * 1024 * 1024, "Largest request body accepted (413).")
     max_batch_items: int = setting(5000, "Most items in one batch (413 batch_too_large).")
     max_nesting_depth: int = setting(32, "Deepest nesting of a JSON or msgpack body (400).")
-    clock_skew_seconds: int = setting(300, "Allowed difference between a signed request's ts "
-                                           "and the gateway clock (401 clock_skew).")
-    idempotency_ttl_seconds: int = setting(86400, "How long a stored Idempotency-Key answer "
-                                                  "is replayed; purged after.")
+    clock_skew_seconds: int = setting(
+        300,
+        "Allowed difference between a signed request's ts and the gateway clock (401 clock_skew).",
+    )
+    idempotency_ttl_seconds: int = setting(
+        86400, "How long a stored Idempotency-Key answer is replayed; purged after."
+    )
     idempotency_stale_seconds: int = setting(
-        120, "A key still marked in flight after this long is taken over (its request died).")
-    purge_interval_seconds: int = setting(3600, "How often expired idempotency keys are "
-                                                "purged.")
+        120, "A key still marked in flight after this long is taken over (its request died)."
+    )
+    purge_interval_seconds: int = setting(3600, "How often expired idempotency keys are purged.")
     changes_max_limit: int = setting(5000, "Most changes one GET …/sync/changes answers.")
     events_max_limit: int = setting(1000, "Most events one GET …/events answers.")
     log_level: str = setting("INFO", "Python logging level.")
@@ -80,9 +85,11 @@ def _coerce(values: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def load_settings(config_file: str | None = None,
-                  environ: Mapping[str, str] | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> Settings:
+def load_settings(
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
     settings = Settings()
     if config_file:
         try:
@@ -93,8 +100,10 @@ def load_settings(config_file: str | None = None,
         table = doc.get("gateway", doc)
         settings = replace(settings, **_coerce(table, where=config_file))
     env = os.environ if environ is None else environ
-    from_env = {name: env[ENV_PREFIX + name.upper()] for name, _, _ in Settings.describe()
-                if ENV_PREFIX + name.upper() in env}
+    from_env = {
+        name: env[ENV_PREFIX + name.upper()]
+        for name, _, _ in Settings.describe()
+        if ENV_PREFIX + name.upper() in env
+    }
     settings = replace(settings, **_coerce(from_env, where="environment"))
-    return settings.with_overrides({k: v for k, v in (overrides or {}).items()
-                                    if v is not None})
+    return settings.with_overrides({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -27,16 +27,18 @@ class State(StrEnum):
     CANCELLED = "cancelled"
 
 
-RANK: Mapping[State, int] = MappingProxyType({
-    State.PENDING: 0,
-    State.ASSIGNED: 1,
-    State.IN_PROGRESS: 2,
-    State.CONTACTED: 3,
-    State.COMPLETED: 4,
-    State.DECLINED: 4,
-    State.UNREACHABLE: 4,
-    State.CANCELLED: 4,
-})
+RANK: Mapping[State, int] = MappingProxyType(
+    {
+        State.PENDING: 0,
+        State.ASSIGNED: 1,
+        State.IN_PROGRESS: 2,
+        State.CONTACTED: 3,
+        State.COMPLETED: 4,
+        State.DECLINED: 4,
+        State.UNREACHABLE: 4,
+        State.CANCELLED: 4,
+    }
+)
 TERMINAL: frozenset[State] = frozenset(s for s, rank in RANK.items() if rank == 4)
 
 
@@ -150,15 +152,20 @@ def resolve(current: ItemState | None, incoming: Transition, now: datetime) -> R
     """
     t, adjusted = clamp(incoming, now)
 
-    def outcome(disposition: Disposition, code: ItemCode | None, state: State | None,
-                superseded: Transition | None = None) -> Resolution:
+    def outcome(
+        disposition: Disposition,
+        code: ItemCode | None,
+        state: State | None,
+        superseded: Transition | None = None,
+    ) -> Resolution:
         return Resolution(disposition, code, state, t, adjusted, superseded=superseded)
 
     if current is None:  # rule 1
         return outcome(Disposition.REJECTED, ItemCode.UNKNOWN_ITEM, None)
     if current.seen is not None:  # rule 2
-        return Resolution(Disposition.DUPLICATE, None, current.state, t, adjusted,
-                          recorded=current.seen)
+        return Resolution(
+            Disposition.DUPLICATE, None, current.state, t, adjusted, recorded=current.seen
+        )
     edge = t.edge
     if edge is None or not is_allowed(edge, t.role):  # rule 3
         return outcome(Disposition.REJECTED, ItemCode.FSM_INVALID_TRANSITION, current.state)

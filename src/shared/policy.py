@@ -49,36 +49,64 @@ def _table(*rows: AggregatePolicy) -> Mapping[str, AggregatePolicy]:
 
 
 POLICY_TABLE: Mapping[str, AggregatePolicy] = _table(
-    AggregatePolicy("population_cohort", SyncPolicy.SERVER_AUTHORITATIVE,
-                    frozenset({Writer.SERVER}), client_submission_kind="cohort.draft",
-                    note="server validates and versions drafts"),
-    AggregatePolicy("cohort_membership", SyncPolicy.SERVER_AUTHORITATIVE,
-                    frozenset({Writer.SERVER}), note="computed from cohort definitions"),
-    AggregatePolicy("disease_registry_entry", SyncPolicy.SERVER_AUTHORITATIVE,
-                    frozenset({Writer.SERVICE}), note="upstream clinical data"),
-    AggregatePolicy("risk_score.computed", SyncPolicy.SERVER_AUTHORITATIVE,
-                    frozenset({Writer.SERVER})),
-    AggregatePolicy("risk_score.override", SyncPolicy.LWW_AUDIT,
-                    frozenset({Writer.ADMIN}),
-                    note="or a node with the risk_override capability carrying the admin"),
-    AggregatePolicy("outreach.transition", SyncPolicy.LWW_FSM,
-                    frozenset({Writer.EDGE_NODE, Writer.SERVER}),
-                    note="FSM guards; server-only transitions by the server"),
-    AggregatePolicy("quality_metric_snapshot", SyncPolicy.SERVER_AUTHORITATIVE_IMMUTABLE,
-                    frozenset({Writer.SERVER}), note="never changed after creation"),
-    AggregatePolicy("hmis_export_job", SyncPolicy.SERVER_AUTHORITATIVE,
-                    frozenset({Writer.SERVER, Writer.ADMIN})),
-    AggregatePolicy("deident_export_job", SyncPolicy.SERVER_AUTHORITATIVE,
-                    frozenset({Writer.ADMIN}),
-                    note="released only after server-side de-identification checks"),
-    AggregatePolicy("facility_report", SyncPolicy.APPEND_ONLY,
-                    frozenset({Writer.GENERATING_DEVICE})),
+    AggregatePolicy(
+        "population_cohort",
+        SyncPolicy.SERVER_AUTHORITATIVE,
+        frozenset({Writer.SERVER}),
+        client_submission_kind="cohort.draft",
+        note="server validates and versions drafts",
+    ),
+    AggregatePolicy(
+        "cohort_membership",
+        SyncPolicy.SERVER_AUTHORITATIVE,
+        frozenset({Writer.SERVER}),
+        note="computed from cohort definitions",
+    ),
+    AggregatePolicy(
+        "disease_registry_entry",
+        SyncPolicy.SERVER_AUTHORITATIVE,
+        frozenset({Writer.SERVICE}),
+        note="upstream clinical data",
+    ),
+    AggregatePolicy(
+        "risk_score.computed", SyncPolicy.SERVER_AUTHORITATIVE, frozenset({Writer.SERVER})
+    ),
+    AggregatePolicy(
+        "risk_score.override",
+        SyncPolicy.LWW_AUDIT,
+        frozenset({Writer.ADMIN}),
+        note="or a node with the risk_override capability carrying the admin",
+    ),
+    AggregatePolicy(
+        "outreach.transition",
+        SyncPolicy.LWW_FSM,
+        frozenset({Writer.EDGE_NODE, Writer.SERVER}),
+        note="FSM guards; server-only transitions by the server",
+    ),
+    AggregatePolicy(
+        "quality_metric_snapshot",
+        SyncPolicy.SERVER_AUTHORITATIVE_IMMUTABLE,
+        frozenset({Writer.SERVER}),
+        note="never changed after creation",
+    ),
+    AggregatePolicy(
+        "hmis_export_job", SyncPolicy.SERVER_AUTHORITATIVE, frozenset({Writer.SERVER, Writer.ADMIN})
+    ),
+    AggregatePolicy(
+        "deident_export_job",
+        SyncPolicy.SERVER_AUTHORITATIVE,
+        frozenset({Writer.ADMIN}),
+        note="released only after server-side de-identification checks",
+    ),
+    AggregatePolicy(
+        "facility_report", SyncPolicy.APPEND_ONLY, frozenset({Writer.GENERATING_DEVICE})
+    ),
 )
 
 SERVER_AUTHORITATIVE_KINDS: frozenset[str] = frozenset(
-    kind for kind, row in POLICY_TABLE.items()
-    if row.policy in (SyncPolicy.SERVER_AUTHORITATIVE,
-                      SyncPolicy.SERVER_AUTHORITATIVE_IMMUTABLE)
+    kind
+    for kind, row in POLICY_TABLE.items()
+    if row.policy in (SyncPolicy.SERVER_AUTHORITATIVE, SyncPolicy.SERVER_AUTHORITATIVE_IMMUTABLE)
 )
 
 

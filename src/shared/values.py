@@ -17,9 +17,7 @@ from shared.errors import ValidationFailed
 
 IDENTIFIER_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # RFC 3339, UTC only, "Z" suffix, optional fraction (CONTRACT section 1).
-_TIMESTAMP_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z"
-)
+_TIMESTAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z")
 
 
 def is_identifier(value: object) -> bool:
@@ -28,9 +26,7 @@ def is_identifier(value: object) -> bool:
 
 def identifier(value: Any, field: str) -> str:
     if not is_identifier(value):
-        raise ValidationFailed(
-            f"{field} must be 1-128 characters of [A-Za-z0-9._:-]", field=field
-        )
+        raise ValidationFailed(f"{field} must be 1-128 characters of [A-Za-z0-9._:-]", field=field)
     assert isinstance(value, str)
     return value
 
@@ -41,8 +37,9 @@ def optional_identifier(value: Any, field: str) -> str | None:
 
 def text(value: Any, field: str, max_length: int = 1024) -> str:
     if not isinstance(value, str) or len(value) > max_length:
-        raise ValidationFailed(f"{field} must be a string of at most {max_length} characters",
-                               field=field)
+        raise ValidationFailed(
+            f"{field} must be a string of at most {max_length} characters", field=field
+        )
     return value
 
 
@@ -73,8 +70,9 @@ def parse_timestamp(value: Any, field: str) -> datetime:
     year, month, day, hour, minute, second, fraction = match.groups()
     micro = int((fraction or "0").ljust(6, "0")[:6])
     try:
-        return datetime(int(year), int(month), int(day), int(hour), int(minute),
-                        int(second), micro, tzinfo=UTC)
+        return datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=UTC
+        )
     except ValueError as err:
         raise ValidationFailed(f"{field} is not a valid time: {err}", field=field) from err
 
@@ -111,8 +109,7 @@ def only_fields(body: Mapping[str, Any], allowed: frozenset[str], where: str) ->
     """Refuse unknown fields: a typo must not be silently ignored."""
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise ValidationFailed(f"unknown field(s) in {where}: {', '.join(unknown)}",
-                               fields=unknown)
+        raise ValidationFailed(f"unknown field(s) in {where}: {', '.join(unknown)}", fields=unknown)
 
 
 def required(body: Mapping[str, Any], name: str) -> Any:

@@ -28,8 +28,9 @@ from shared.values import (
 TRANSITION_KIND = "outreach.transition"
 REPORT_KIND = "facility_report"
 
-TRANSITION_FIELDS = frozenset({"id", "itemId", "from", "to", "occurredAt", "deviceId",
-                               "actorId", "seq", "role"})
+TRANSITION_FIELDS = frozenset(
+    {"id", "itemId", "from", "to", "occurredAt", "deviceId", "actorId", "seq", "role"}
+)
 REPORT_FIELDS = frozenset({"deviceId", "payload", "signature"})
 REPORT_ITEM_FIELDS = REPORT_FIELDS | {"kind", "id"}
 BATCH_FIELDS = frozenset({"v", "batchId", "nodeId", "createdAt", "items"})
@@ -69,17 +70,19 @@ def _at(where: str, err: ValidationFailed) -> ValidationFailed:
     return ValidationFailed(f"{pointer}: {err.detail}", path=pointer)
 
 
-def parse_transition(obj: Any, where: str = "",
-                     roles: frozenset[Role] = FIELD_ROLES,
-                     extra_fields: frozenset[str] = frozenset()) -> Transition:
+def parse_transition(
+    obj: Any,
+    where: str = "",
+    roles: frozenset[Role] = FIELD_ROLES,
+    extra_fields: frozenset[str] = frozenset(),
+) -> Transition:
     """A transition from a field device or edge node (role worker by default)."""
     try:
         doc = mapping(obj, "transition")
         only_fields(doc, TRANSITION_FIELDS | extra_fields, "transition")
         role_name = doc.get("role", Role.WORKER.value)
         if role_name not in {r.value for r in roles}:
-            raise ValidationFailed(f"role must be one of {', '.join(sorted(roles))}",
-                                   field="role")
+            raise ValidationFailed(f"role must be one of {', '.join(sorted(roles))}", field="role")
         seq = doc.get("seq")
         return Transition(
             id=identifier(required(doc, "id"), "id"),
@@ -97,8 +100,9 @@ def parse_transition(obj: Any, where: str = "",
         raise _at(where, err) from err
 
 
-def parse_report_submission(obj: Any, where: str = "",
-                            fields: frozenset[str] = REPORT_ITEM_FIELDS) -> ReportSubmission:
+def parse_report_submission(
+    obj: Any, where: str = "", fields: frozenset[str] = REPORT_ITEM_FIELDS
+) -> ReportSubmission:
     try:
         doc = mapping(obj, "report")
         only_fields(doc, fields, "facility report")

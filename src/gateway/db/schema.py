@@ -16,7 +16,8 @@ metadata = sa.MetaData()
 SeqType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 nodes = sa.Table(
-    "nodes", metadata,
+    "nodes",
+    metadata,
     sa.Column("node_id", sa.String(128), primary_key=True),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("facility_ids", sa.JSON, nullable=False),
@@ -28,7 +29,8 @@ nodes = sa.Table(
 )
 
 tokens = sa.Table(
-    "tokens", metadata,
+    "tokens",
+    metadata,
     sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("token_id", sa.String(32), nullable=False, unique=True),
     sa.Column("tenant_id", sa.String(128), nullable=False),
@@ -38,7 +40,8 @@ tokens = sa.Table(
 )
 
 outreach_items = sa.Table(
-    "outreach_items", metadata,
+    "outreach_items",
+    metadata,
     sa.Column("id", sa.String(128), primary_key=True),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("facility_id", sa.String(128), nullable=False),
@@ -63,7 +66,8 @@ outreach_items = sa.Table(
 
 # Every incoming transition, whatever became of it: the item's history.
 outreach_transitions = sa.Table(
-    "outreach_transitions", metadata,
+    "outreach_transitions",
+    metadata,
     sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
     # The writer's tenant: a write naming another tenant's item is kept here
     # (nothing is dropped) but never shows in that tenant's history.
@@ -88,7 +92,8 @@ outreach_transitions = sa.Table(
 )
 
 facility_reports = sa.Table(
-    "facility_reports", metadata,
+    "facility_reports",
+    metadata,
     sa.Column("report_id", sa.String(64), primary_key=True),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("facility_id", sa.String(128), nullable=False),
@@ -105,7 +110,8 @@ facility_reports = sa.Table(
 
 # Every accepted-signature submission and its disposition, refused copies included.
 report_submissions = sa.Table(
-    "report_submissions", metadata,
+    "report_submissions",
+    metadata,
     sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
     sa.Column("report_id", sa.String(64), nullable=False),
     sa.Column("device_id", sa.String(128), nullable=False),
@@ -119,7 +125,8 @@ report_submissions = sa.Table(
 
 # Transactional outbox (CONTRACT section 9).
 events = sa.Table(
-    "events", metadata,
+    "events",
+    metadata,
     sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
     sa.Column("event_id", sa.String(64), nullable=False, unique=True),
     sa.Column("type", sa.String(128), nullable=False),
@@ -130,7 +137,8 @@ events = sa.Table(
 
 # Change feed towards edge nodes (CONTRACT section 8), in commit order.
 changes = sa.Table(
-    "changes", metadata,
+    "changes",
+    metadata,
     sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("facility_id", sa.String(128)),  # NULL: tenant-wide
@@ -143,7 +151,8 @@ changes = sa.Table(
 )
 
 idempotency_keys = sa.Table(
-    "idempotency_keys", metadata,
+    "idempotency_keys",
+    metadata,
     sa.Column("principal", sa.String(200), primary_key=True),
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("fingerprint", sa.String(64), nullable=False),

@@ -31,9 +31,15 @@ async def enroll(request: web.Request) -> web.Response:
     public_key = public_key_from(required(doc, "publicKey"))
 
     async def write(conn: AsyncConnection) -> Reply:
-        node = await enroll_node(conn, node_id=node_id, tenant_id=tenant_id,
-                                 facility_ids=facilities, public_key=public_key,
-                                 capabilities=capabilities, now=now(request))
+        node = await enroll_node(
+            conn,
+            node_id=node_id,
+            tenant_id=tenant_id,
+            facility_ids=facilities,
+            public_key=public_key,
+            capabilities=capabilities,
+            now=now(request),
+        )
         return Reply(201, node.to_wire())
 
     return await run_write(request, admin.principal, body, write)

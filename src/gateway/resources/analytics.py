@@ -24,8 +24,9 @@ async def read(request: web.Request) -> web.Response:
     q = request.query
     conditions = [facility_reports.c.tenant_id == principal.tenant_id]
     if q.get("facilityId"):
-        conditions.append(facility_reports.c.facility_id == identifier(q["facilityId"],
-                                                                       "facilityId"))
+        conditions.append(
+            facility_reports.c.facility_id == identifier(q["facilityId"], "facilityId")
+        )
     if q.get("periodType"):
         if q["periodType"] not in {p.value for p in PeriodType}:
             raise ValidationFailed("periodType must be daily or weekly", field="periodType")
@@ -37,8 +38,14 @@ async def read(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 1000, 1, 10000)
     async with database(request).read() as conn:
         rows = await conn.execute(
-            sa.select(facility_reports).where(*conditions)
-            .order_by(facility_reports.c.facility_id, facility_reports.c.period_key,
-                      facility_reports.c.device_id).limit(limit))
+            sa.select(facility_reports)
+            .where(*conditions)
+            .order_by(
+                facility_reports.c.facility_id,
+                facility_reports.c.period_key,
+                facility_reports.c.device_id,
+            )
+            .limit(limit)
+        )
         reports = [report_to_wire(r) for r in rows]
     return respond(request, 200, {"reports": reports})

@@ -40,8 +40,9 @@ async def submit(request: web.Request) -> web.Response:
     return await run_write(request, f"node:{node.node_id}", body, write)
 
 
-async def apply_batch(conn: AsyncConnection, node: Node, batch_id: str,
-                      items: Any, request: web.Request) -> list[dict[str, Any]]:
+async def apply_batch(
+    conn: AsyncConnection, node: Node, batch_id: str, items: Any, request: web.Request
+) -> list[dict[str, Any]]:
     moment = now(request)
     scope = Scope(node.tenant_id, node.facility_ids)
     source = Source(f"node:{node.node_id}", batch_id)
@@ -66,8 +67,9 @@ async def apply_batch(conn: AsyncConnection, node: Node, batch_id: str,
     return results
 
 
-async def _report_result(conn: AsyncConnection, node: Node, item: ReportSubmission,
-                         request: web.Request) -> dict[str, Any]:
+async def _report_result(
+    conn: AsyncConnection, node: Node, item: ReportSubmission, request: web.Request
+) -> dict[str, Any]:
     try:
         report = await verified_report(conn, item, tenant_id=node.tenant_id)
     except PhsError as err:
@@ -75,9 +77,11 @@ async def _report_result(conn: AsyncConnection, node: Node, item: ReportSubmissi
     outcome = await store_report(conn, item, report, now(request))
     result: dict[str, Any] = {"id": item.id, "reportId": outcome.report_id}
     if outcome.status == "conflict":
-        result.update(status="rejected", code=ItemCode.REPORT_CONFLICT.value,
-                      detail="a different report for this facility, period and device is "
-                             "already stored")
+        result.update(
+            status="rejected",
+            code=ItemCode.REPORT_CONFLICT.value,
+            detail="a different report for this facility, period and device is already stored",
+        )
     else:
         result["status"] = "applied" if outcome.status == "merged" else "duplicate"
     return result
@@ -86,11 +90,15 @@ async def _report_result(conn: AsyncConnection, node: Node, item: ReportSubmissi
 def _refused_kind(item: OtherItem) -> dict[str, Any]:
     policy = policy_for(item.kind)
     if item.kind in SERVER_AUTHORITATIVE_KINDS:
-        code, detail = ItemCode.POLICY_SERVER_AUTHORITATIVE, (
-            f"{item.kind} is server-authoritative; nodes may not write it")
+        code, detail = (
+            ItemCode.POLICY_SERVER_AUTHORITATIVE,
+            (f"{item.kind} is server-authoritative; nodes may not write it"),
+        )
     elif policy is not None:
-        code, detail = ItemCode.POLICY_SERVER_AUTHORITATIVE, (
-            f"{item.kind} is not accepted from edge nodes by this gateway")
+        code, detail = (
+            ItemCode.POLICY_SERVER_AUTHORITATIVE,
+            (f"{item.kind} is not accepted from edge nodes by this gateway"),
+        )
     else:
         code, detail = ItemCode.UNKNOWN_KIND, f"unknown kind {item.kind}"
     return {"id": item.id, "status": "rejected", "code": code.value, "detail": detail}

@@ -27,22 +27,44 @@ def parse_cursor(raw: str | None) -> int:
 async def read(request: web.Request) -> web.Response:
     node = await authenticate_node(request, await request.read())
     since = parse_cursor(request.query.get("since"))
-    limit = query_int(request, "limit", settings(request).changes_max_limit, 1,
-                      settings(request).changes_max_limit)
+    limit = query_int(
+        request,
+        "limit",
+        settings(request).changes_max_limit,
+        1,
+        settings(request).changes_max_limit,
+    )
     facilities = sorted(node.facility_ids)
     query = (
         sa.select(changes)
-        .where(changes.c.tenant_id == node.tenant_id, changes.c.seq > since,
-               sa.or_(changes.c.facility_id.in_(facilities), changes.c.facility_id.is_(None)))
-        .order_by(changes.c.seq).limit(limit + 1)
+        .where(
+            changes.c.tenant_id == node.tenant_id,
+            changes.c.seq > since,
+            sa.or_(changes.c.facility_id.in_(facilities), changes.c.facility_id.is_(None)),
+        )
+        .order_by(changes.c.seq)
+        .limit(limit + 1)
     )
     async with database(request).read() as conn:
         rows = (await conn.execute(query)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = str(rows[-1].seq) if rows else str(since)
-    return respond(request, 200, {
-        "changes": [{"seq": r.seq, "aggregate": r.aggregate, "id": r.entity_id, "op": r.op,
-                     "data": r.data} for r in rows],
-        "cursor": cursor, "more": more,
-    })
+    return respond(
+        request,
+        200,
+        {
+            "changes": [
+                {
+                    "seq": r.seq,
+                    "aggregate": r.aggregate,
+                    "id": r.entity_id,
+                    "op": r.op,
+                    "data": r.data,
+                }
+                for r in rows
+            ],
+            "cursor": cursor,
+            "more": more,
+        },
+    )

@@ -25,12 +25,23 @@ async def submit(request: web.Request) -> web.Response:
     async def write(conn: AsyncConnection) -> Reply:
         outcome = await store_report(conn, submission, report, now(request))
         if outcome.status == "conflict":
-            return Reply.from_error(ReportConflict(
-                f"a different report for {report.facility_id} {report.period.key} from "
-                f"{report.device_id} is already stored", reportId=outcome.report_id))
+            return Reply.from_error(
+                ReportConflict(
+                    f"a different report for {report.facility_id} {report.period.key} from "
+                    f"{report.device_id} is already stored",
+                    reportId=outcome.report_id,
+                )
+            )
         status = 201 if outcome.status == "merged" else 200
-        return Reply(status, {"status": outcome.status, "reportId": outcome.report_id,
-                              "facilityId": report.facility_id,
-                              "periodKey": report.period.key, "deviceId": report.device_id})
+        return Reply(
+            status,
+            {
+                "status": outcome.status,
+                "reportId": outcome.report_id,
+                "facilityId": report.facility_id,
+                "periodKey": report.period.key,
+                "deviceId": report.device_id,
+            },
+        )
 
     return await run_write(request, f"node:{submission.device_id}", body, write)

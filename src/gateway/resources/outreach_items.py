@@ -48,11 +48,15 @@ async def transition(request: web.Request) -> web.Response:
         from_state=text(required(doc, "from"), "from", 64),
         to_state=text(required(doc, "to"), "to", 64),
         occurred_at=moment if occurred is None else parse_timestamp(occurred, "occurredAt"),
-        device_id="server", actor_id=principal.principal, role=FsmRole.SERVER)
+        device_id="server",
+        actor_id=principal.principal,
+        role=FsmRole.SERVER,
+    )
 
     async def write(conn: AsyncConnection) -> Reply:
-        [result] = await apply_transitions(conn, [incoming], Scope(principal.tenant_id, None),
-                                           Source(principal.principal), moment)
+        [result] = await apply_transitions(
+            conn, [incoming], Scope(principal.tenant_id, None), Source(principal.principal), moment
+        )
         return Reply(200, result)
 
     return await run_write(request, principal.principal, body, write)
