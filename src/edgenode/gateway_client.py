@@ -1,0 +1,126 @@
+"""A node's signed HTTP client for the gateway (CONTRACT sections 2, 6, 7, 8).
+
+It receives its ``aiohttp.ClientSession`` and clock from outside, so tests and
+the edge node's forwarder control connections and time. On ``clock_skew`` it
+learns its offset from the gateway's ``Date`` header and retries once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import msgpack
+
+from shared.encoding import MSGPACK
+from shared.signing import KeyPair, authorization_header
+
+PREFIX = "/api/v1/population-health"
+
+
+class GatewayUnreachable(Exception):
+    """The WAN or the gateway is down; the caller keeps its outbox and retries."""
+
+
+@dataclass(frozen=True)
+class GatewayAnswer:
+    status: int
+    document: Any
+    replayed: bool
+
+
+class GatewayClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        node_id: str,
+        keypair: KeyPair,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self.node_id = node_id
+        self._keypair = keypair
+        self._clock = clock
+        self.clock_offset = 0.0  # gateway time minus ours, learned from clock_skew
+
+    async def request(
+        self, method: str, path: str, document: Any = None, headers: Mapping[str, str] | None = None
+    ) -> GatewayAnswer:
+        body = b"" if document is None else msgpack.packb(document, use_bin_type=True)
+        answer, date = await self._send(method, path, body, headers or {})
+        if answer.status == 401 and _code(answer) == "clock_skew" and date is not None:
+            self.clock_offset = date - self._clock()
+            answer, _ = await self._send(method, path, body, headers or {})
+        return answer
+
+    async def _send(
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[GatewayAnswer, float | None]:
+        ts = int(self._clock() + self.clock_offset)
+        all_headers = {
+            "Authorization": authorization_header(
+                self._keypair, self.node_id, method, path, body, ts
+            ),
+            "Accept": MSGPACK,
+            **headers,
+        }
+        if body:
+            all_headers["Content-Type"] = MSGPACK
+        try:
+            async with self._session.request(
+                method, self._base + path, data=body, headers=all_headers
+            ) as resp:
+                raw = await resp.read()
+                date = resp.headers.get("Date")
+                document = msgpack.unpackb(raw, raw=False) if raw else None
+                return (
+                    GatewayAnswer(
+                        resp.status, document, resp.headers.get("Idempotent-Replayed") == "true"
+                    ),
+                    parsedate_to_datetime(date).timestamp() if date else None,
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            raise GatewayUnreachable(f"{method} {path}: {err}") from err
+        except (msgpack.UnpackException, ValueError) as err:
+            raise GatewayUnreachable(f"{method} {path}: unreadable answer: {err}") from err
+
+    async def post_batch(
+        self, batch_id: str, created_at: str, items: Sequence[Mapping[str, Any]]
+    ) -> GatewayAnswer:
+        document = {
+            "v": 1,
+            "batchId": batch_id,
+            "nodeId": self.node_id,
+            "createdAt": created_at,
+            "items": list(items),
+        }
+        return await self.request(
+            "POST", f"{PREFIX}/sync/batches", document, {"Idempotency-Key": batch_id}
+        )
+
+    async def post_report(
+        self, payload: bytes, signature: bytes, idempotency_key: str | None = None
+    ) -> GatewayAnswer:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return await self.request(
+            "POST",
+            f"{PREFIX}/sync/facility-reports",
+            {"deviceId": self.node_id, "payload": payload, "signature": signature},
+            headers,
+        )
+
+    async def changes(self, since: str, limit: int = 5000) -> GatewayAnswer:
+        query = urlencode({"since": since, "limit": limit})
+        return await self.request("GET", f"{PREFIX}/sync/changes?{query}")
+
+
+def _code(answer: GatewayAnswer) -> str | None:
+    doc = answer.document
+    return doc.get("code") if isinstance(doc, dict) else None
