@@ -66,10 +66,14 @@ def request_media_type(request: web.Request) -> str:
 async def read_document(request: web.Request) -> tuple[bytes, Mapping[str, Any]]:
     """The raw body (for signatures and fingerprints) and its decoded map."""
     body = await read_body(request)
+    return body, decode_document(request, body)
+
+
+def decode_document(request: web.Request, body: bytes) -> Mapping[str, Any]:
     doc = decode_body(body, request_media_type(request), request.app[LIMITS])
     if not isinstance(doc, Mapping):
         raise MalformedBody("the request body must be an object")
-    return body, doc
+    return doc
 
 
 def answer_type(request: web.Request) -> str:

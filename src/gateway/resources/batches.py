@@ -13,7 +13,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.auth import authenticate_node
-from gateway.http import LIMITS, now, read_document
+from gateway.http import LIMITS, decode_document, now, read_body
 from gateway.idempotency import Reply, run_write
 from gateway.outreach import Scope, Source, apply_transitions
 from gateway.registry import Node
@@ -25,9 +25,9 @@ from shared.wire import OtherItem, ReportSubmission, parse_batch
 
 
 async def submit(request: web.Request) -> web.Response:
-    body, doc = await read_document(request)
-    node = await authenticate_node(request, body)
-    batch = parse_batch(doc, request.app[LIMITS])
+    body = await read_body(request)
+    node = await authenticate_node(request, body)  # before decoding: callers are unknown
+    batch = parse_batch(decode_document(request, body), request.app[LIMITS])
     if batch.node_id != node.node_id:
         raise OutOfScope(f"batch nodeId {batch.node_id} is not the signing node")
     if request.headers.get("Idempotency-Key") != batch.batch_id:
