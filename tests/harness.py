@@ -210,3 +210,34 @@ def signed_report(
 
 def json_body(doc: Any) -> bytes:
     return json.dumps(doc).encode()
+
+
+def bearer(token: str, **headers: str) -> dict[str, str]:
+    """Headers of a bearer-token request (extra headers as keyword arguments)."""
+    return {"Authorization": f"Bearer {token}", **headers}
+
+
+PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code"}
+
+
+async def assert_problem(resp: Any, status: int, code: str) -> dict[str, Any]:
+    """Check an RFC 9457 problem answer (JSON or msgpack) and return its document."""
+    text = await resp.read()
+    assert resp.status == status, text[:500]
+    if resp.content_type == "application/msgpack":
+        doc = msgpack.unpackb(text)
+    else:
+        assert resp.content_type == "application/problem+json", resp.content_type
+        doc = json.loads(text)
+    assert PROBLEM_MEMBERS <= set(doc), doc
+    assert doc["status"] == status and doc["code"] == code, doc
+    assert doc["type"].endswith("/" + code) and doc["title"] and doc["detail"], doc
+    return doc
+
+
+async def document(resp: Any) -> Any:
+    """The decoded answer, whichever of JSON or msgpack it came in."""
+    raw = await resp.read()
+    if resp.content_type == "application/msgpack":
+        return msgpack.unpackb(raw)
+    return json.loads(raw)

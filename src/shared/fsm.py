@@ -106,7 +106,14 @@ class Transition:
             return None
 
     def lww_key(self) -> tuple[datetime, str, str]:
-        return (self.occurred_at, self.device_id, self.id)
+        """Last-write-wins order, with times at the wire's millisecond precision.
+
+        Times are stored and sent with milliseconds (CONTRACT section 1), so a
+        finer comparison would let the same two siblings resolve one way in
+        one batch and the other way once the first was stored and reloaded.
+        """
+        at = self.occurred_at
+        return (at.replace(microsecond=at.microsecond // 1000 * 1000), self.device_id, self.id)
 
 
 @dataclass(frozen=True)
