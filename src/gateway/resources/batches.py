@@ -20,6 +20,7 @@ from gateway.registry import Node
 from gateway.reports import store_report, verified_report
 from shared.errors import ItemCode, OutOfScope, PhsError, ValidationFailed
 from shared.fsm import Transition
+from shared.idempotency import validate_key
 from shared.policy import SERVER_AUTHORITATIVE_KINDS, policy_for
 from shared.wire import OtherItem, ReportSubmission, parse_batch
 
@@ -30,7 +31,8 @@ async def submit(request: web.Request) -> web.Response:
     batch = parse_batch(decode_document(request, body), request.app[LIMITS])
     if batch.node_id != node.node_id:
         raise OutOfScope(f"batch nodeId {batch.node_id} is not the signing node")
-    if request.headers.get("Idempotency-Key") != batch.batch_id:
+    # A malformed key is a 400 bad_idempotency_key, as on every write endpoint.
+    if validate_key(request.headers.get("Idempotency-Key")) != batch.batch_id:
         raise ValidationFailed("Idempotency-Key must be the batchId", field="Idempotency-Key")
 
     async def write(conn: AsyncConnection) -> Reply:
