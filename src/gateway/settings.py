@@ -11,24 +11,21 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.config import describe, resolve_settings, setting
 from shared.errors import ValidationFailed
 
 ENV_PREFIX = "PHS_GATEWAY_"
-
-
-def setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class Settings:
     host: str = setting("127.0.0.1", "Address to listen on.")
     port: int = setting(8480, "TCP port to listen on.")
-    data_dir: str = setting("./gateway-data", "Directory for the SQLite database and logs.")
+    data_dir: str = setting("./gateway-data", "Directory for the SQLite database.")
     database_url: str = setting(
         "",
         "SQLAlchemy URL of the store; empty means SQLite at DATA_DIR/gateway.db "
@@ -60,29 +57,18 @@ class Settings:
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
-        """(name, default, help) of every setting, for docs and --help."""
-        return [(f.name, f.default, f.metadata["help"]) for f in fields(cls)]
-
-    def with_overrides(self, values: Mapping[str, Any]) -> Settings:
-        return replace(self, **_coerce(values, where="override"))
+        return describe(cls)
 
 
-def _coerce(values: Mapping[str, Any], where: str) -> dict[str, Any]:
-    known = {f.name: f for f in fields(Settings)}
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        if name not in known:
-            raise ValidationFailed(f"unknown setting {name!r} in {where}")
-        kind = type(known[name].default)
-        if kind is int and isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError as err:
-                raise ValidationFailed(f"setting {name} must be an integer") from err
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValidationFailed(f"setting {name} must be of type {kind.__name__}")
-        out[name] = value
-    return out
+def read_toml_table(path: str, table: str) -> dict[str, Any]:
+    """The ``[table]`` of a TOML file, or its top level when it has none."""
+    try:
+        with open(path, "rb") as handle:
+            doc = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ValidationFailed(f"cannot read config file {path}: {err}") from err
+    found = doc.get(table, doc)
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def load_settings(
@@ -90,20 +76,11 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    settings = Settings()
-    if config_file:
-        try:
-            with open(config_file, "rb") as handle:
-                doc = tomllib.load(handle)
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise ValidationFailed(f"cannot read config file {config_file}: {err}") from err
-        table = doc.get("gateway", doc)
-        settings = replace(settings, **_coerce(table, where=config_file))
-    env = os.environ if environ is None else environ
-    from_env = {
-        name: env[ENV_PREFIX + name.upper()]
-        for name, _, _ in Settings.describe()
-        if ENV_PREFIX + name.upper() in env
-    }
-    settings = replace(settings, **_coerce(from_env, where="environment"))
-    return settings.with_overrides({k: v for k, v in (overrides or {}).items() if v is not None})
+    return resolve_settings(
+        Settings,
+        prefix=ENV_PREFIX,
+        file_table=read_toml_table(config_file, "gateway") if config_file else None,
+        file_name=config_file or "",
+        environ=os.environ if environ is None else environ,
+        overrides=overrides,
+    )
