@@ -1,7 +1,9 @@
 """``GET …/analytics/facility-reports``: the merged reports (analyst or admin).
 
 Filters: ``facilityId``, ``periodType`` and a period-key range ``from``/``to``
-(inclusive; keys of one type sort as text, e.g. 2026-W40..2026-W47).
+(inclusive; keys of one type sort as text, e.g. 2026-W40..2026-W47). A range
+selects reports of its bounds' type; bounds and periodType of different types
+are refused (422).
 """
 
 from __future__ import annotations
@@ -27,14 +29,27 @@ async def read(request: web.Request) -> web.Response:
         conditions.append(
             facility_reports.c.facility_id == identifier(q["facilityId"], "facilityId")
         )
+    types: set[str] = set()
     if q.get("periodType"):
         if q["periodType"] not in {p.value for p in PeriodType}:
             raise ValidationFailed("periodType must be daily or weekly", field="periodType")
-        conditions.append(facility_reports.c.period_type == q["periodType"])
+        types.add(q["periodType"])
+    # Keys compare as text only within one type ("2026-W40" sorts after any
+    # "2026-MM-DD"), so a range selects reports of its bounds' type.
     if q.get("from"):
-        conditions.append(facility_reports.c.period_key >= period_from_key(q["from"]).key)
+        lower = period_from_key(q["from"])
+        types.add(lower.type.value)
+        conditions.append(facility_reports.c.period_key >= lower.key)
     if q.get("to"):
-        conditions.append(facility_reports.c.period_key <= period_from_key(q["to"]).key)
+        upper = period_from_key(q["to"])
+        types.add(upper.type.value)
+        conditions.append(facility_reports.c.period_key <= upper.key)
+    if len(types) > 1:
+        raise ValidationFailed(
+            "periodType, from and to must name periods of one type", field="periodType"
+        )
+    if types:
+        conditions.append(facility_reports.c.period_type == types.pop())
     limit = query_int(request, "limit", 1000, 1, 10000)
     async with database(request).read() as conn:
         rows = await conn.execute(
