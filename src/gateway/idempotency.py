@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.database import Database
 from gateway.db.schema import idempotency_keys
-from gateway.http import SETTINGS, database, now, path_with_query, respond
+from gateway.http import SETTINGS, answer_type, database, now, path_with_query, respond
 from shared.errors import IdempotencyInFlight, IdempotencyKeyMismatch, PhsError
 from shared.idempotency import request_fingerprint, validate_key
 from shared.values import format_timestamp
@@ -60,6 +60,9 @@ class _Claim:
 async def run_write(
     request: web.Request, principal: str, body: bytes, write: WriteFn
 ) -> web.Response:
+    # Negotiate the answer's type first: a 406 raised after the commit would
+    # report as failed a write that happened.
+    answer_type(request)
     key = validate_key(request.headers.get("Idempotency-Key"))
     db = database(request)
     if key is None:

@@ -39,6 +39,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if translated is None:
             raise
         response = problem_response(request, translated)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            # RFC 9110 section 15.5.6: a 405 lists the methods the resource allows.
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         # A bug of ours: log it with its traceback, answer a bare 500 problem.
         log.exception("unhandled error on %s %s", request.method, request.path)
