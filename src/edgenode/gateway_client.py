@@ -54,10 +54,16 @@ class GatewayClient:
         self, method: str, path: str, document: Any = None, headers: Mapping[str, str] | None = None
     ) -> GatewayAnswer:
         body = b"" if document is None else msgpack.packb(document, use_bin_type=True)
-        answer, date = await self._send(method, path, body, headers or {})
+        return await self.send(method, path, body, headers or {})
+
+    async def send(
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str]
+    ) -> GatewayAnswer:
+        """Send exact body bytes; after a clock_skew answer, correct and retry once."""
+        answer, date = await self._send(method, path, body, headers)
         if answer.status == 401 and _code(answer) == "clock_skew" and date is not None:
             self.clock_offset = date - self._clock()
-            answer, _ = await self._send(method, path, body, headers or {})
+            answer, _ = await self._send(method, path, body, headers)
         return answer
 
     async def _send(
@@ -90,6 +96,12 @@ class GatewayClient:
             raise GatewayUnreachable(f"{method} {path}: {err}") from err
         except (msgpack.UnpackException, ValueError) as err:
             raise GatewayUnreachable(f"{method} {path}: unreadable answer: {err}") from err
+
+    async def post_batch_body(self, batch_id: str, body: bytes) -> GatewayAnswer:
+        """Send a persisted batch exactly as stored (a resend is the same request)."""
+        return await self.send(
+            "POST", f"{PREFIX}/sync/batches", body, {"Idempotency-Key": batch_id}
+        )
 
     async def post_batch(
         self, batch_id: str, created_at: str, items: Sequence[Mapping[str, Any]]

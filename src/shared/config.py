@@ -51,6 +51,10 @@ def coerce(cls: type[SettingsClass], values: Mapping[str, Any], where: str) -> d
                 value = int(value)
             except ValueError as err:
                 raise ValidationFailed(f"setting {name} must be an integer ({where})") from err
+        if isinstance(value, str) and kind is bool:
+            if value.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValidationFailed(f"setting {name} must be true or false ({where})")
+            value = value.lower() in {"1", "true", "yes"}
         if isinstance(value, str) and kind is list:
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):

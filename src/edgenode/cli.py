@@ -1,0 +1,269 @@
+"""``edgenode``: set up, run and look after a district edge node.
+
+    edgenode init --node-id ID --tenant T --facility F [...] --gateway-url URL
+                  [--time-zone Africa/Nairobi]
+    edgenode run [--host H] [--port P]
+    edgenode pair-device --device-id D
+    edgenode report --facility F --period 2026-W47|2026-11-23
+    edgenode sync
+    edgenode status
+    edgenode problems
+
+Every command takes --data-dir DIR and --config FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from edgenode.gateway_client import GatewayClient
+from edgenode.keys import create_key, load_key
+from edgenode.pairing import issue_code
+from edgenode.reports import generate_report
+from edgenode.service import create_app
+from edgenode.settings import CONFIG_NAME, EdgeSettings, load_edge_settings
+from edgenode.status import collect_problems, collect_status
+from edgenode.store.database import EdgeDatabase
+from edgenode.sync import Forwarder, Puller
+from shared.errors import PhsError, ValidationFailed
+from shared.periods import period_from_key, zone
+from shared.signing import fingerprint
+from shared.values import identifier
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML settings file (default DATA_DIR/edgenode.toml)")
+    common.add_argument("--data-dir", help="directory of the key, config and database")
+    parser = argparse.ArgumentParser(
+        prog="edgenode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", parents=[common], help="create key, config and database")
+    init.add_argument("--node-id", required=True)
+    init.add_argument("--tenant", required=True)
+    init.add_argument("--facility", action="append", required=True)
+    init.add_argument("--gateway-url", required=True)
+    init.add_argument("--time-zone", default="UTC")
+    run = sub.add_parser("run", parents=[common], help="serve tablets and sync")
+    run.add_argument("--host")
+    run.add_argument("--port", type=int)
+    pair = sub.add_parser("pair-device", parents=[common], help="print a one-time pairing code")
+    pair.add_argument("--device-id", required=True)
+    report = sub.add_parser("report", parents=[common], help="generate and queue a report now")
+    report.add_argument("--facility", required=True)
+    report.add_argument("--period", required=True, help="2026-W47 or 2026-11-23")
+    sub.add_parser("sync", parents=[common], help="one forward and pull cycle now")
+    sub.add_parser("status", parents=[common], help="outbox depth, last sync, problems")
+    sub.add_parser("problems", parents=[common], help="records the gateway refused")
+    return parser
+
+
+def _toml_list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def init(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir or EdgeSettings().data_dir)
+    config = Path(args.config) if args.config else data_dir / CONFIG_NAME
+    for name, value in (
+        ("node id", args.node_id),
+        ("tenant", args.tenant),
+        *(("facility", f) for f in args.facility),
+    ):
+        identifier(value, name)
+    zone(args.time_zone)
+    settings = EdgeSettings(data_dir=str(data_dir))
+    if settings.key_path.exists() or config.exists():
+        raise ValidationFailed(
+            f"{data_dir} already holds a node; refusing to replace its "
+            "identity (remove it to start over)"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    keypair = create_key(settings.key_path)
+    config.write_text(
+        "[edgenode]\n"
+        f"node_id = {json.dumps(args.node_id)}\n"
+        f"tenant_id = {json.dumps(args.tenant)}\n"
+        f"facility_ids = {_toml_list(args.facility)}\n"
+        f"gateway_url = {json.dumps(args.gateway_url)}\n"
+        f"time_zone = {json.dumps(args.time_zone)}\n",
+        encoding="utf-8",
+    )
+
+    async def create_database() -> None:
+        await (await EdgeDatabase(settings.database_path).open()).close()
+
+    asyncio.run(create_database())
+    facilities = " ".join(f"--facility {f}" for f in args.facility)
+    print(f"edge node {args.node_id} initialised in {data_dir}")
+    print(f"fingerprint {fingerprint(keypair.public_key)}")
+    print("enroll it on the gateway with:")
+    print(
+        f"  phs-gateway enroll-node --node-id {args.node_id} --tenant {args.tenant} "
+        f"{facilities} --public-key {keypair.public_key_b64}"
+    )
+    return 0
+
+
+def _load(args: argparse.Namespace) -> EdgeSettings:
+    settings = load_edge_settings(
+        args.config,
+        args.data_dir,
+        overrides={"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
+    )
+    if not settings.node_id:
+        raise ValidationFailed(f"no node configured in {settings.data_dir}: run edgenode init")
+    return settings
+
+
+async def _with_db(settings: EdgeSettings, action: Callable[[EdgeDatabase], Awaitable[int]]) -> int:
+    db = await EdgeDatabase(settings.database_path).open()
+    try:
+        return await action(db)
+    finally:
+        await db.close()
+
+
+def _print(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+async def pair_device(settings: EdgeSettings, args: argparse.Namespace, db: EdgeDatabase) -> int:
+    async with db.write() as conn:
+        code, expires = await issue_code(
+            conn, args.device_id, now(), settings.pairing_code_ttl_seconds
+        )
+    print(code)
+    print(
+        f"pairing code for device {args.device_id}; single use, expires "
+        f"{expires.isoformat(timespec='seconds')}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def report(settings: EdgeSettings, args: argparse.Namespace, db: EdgeDatabase) -> int:
+    if args.facility not in settings.facility_ids:
+        raise ValidationFailed(f"facility {args.facility} is not served by this node")
+    period = period_from_key(args.period)
+    async with db.write() as conn:
+        stored = await generate_report(
+            conn,
+            tenant_id=settings.tenant_id,
+            node_id=settings.node_id,
+            keypair=load_key(settings.key_path),
+            facility_id=args.facility,
+            period=period,
+            tz=zone(settings.time_zone),
+            now=now(),
+        )
+    state = (
+        "generated, signed and queued"
+        if stored.created
+        else ("already generated earlier (reports are never regenerated)")
+    )
+    print(f"report {args.facility} {period.key}: {state}")
+    _print(json.loads(stored.payload))
+    return 0
+
+
+async def sync(settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDatabase) -> int:
+    timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        client = GatewayClient(
+            session, settings.gateway_url, settings.node_id, load_key(settings.key_path)
+        )
+        forwarded = await Forwarder(db, client, settings, now).forward_once(ignore_schedule=True)
+        pulled = await Puller(db, client, now).pull_once()
+    print(
+        f"forward: {forwarded.batches_sent} batches, {forwarded.items_sent} items "
+        f"{forwarded.statuses or ''}; refused batches: {forwarded.refused_batches}"
+    )
+    if forwarded.error:
+        print(f"forward stopped: {forwarded.error}; next try {forwarded.waiting_until}")
+    print(
+        f"pull: {pulled.changes} changes, cursor {pulled.cursor}"
+        + (f"; stopped: {pulled.error}" if pulled.error else "")
+    )
+    return 1 if forwarded.error or pulled.error else 0
+
+
+async def status(settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDatabase) -> int:
+    async with db.read() as conn:
+        doc = await collect_status(conn, now())
+    _print(
+        {
+            "nodeId": settings.node_id,
+            "tenantId": settings.tenant_id,
+            "facilityIds": settings.facility_ids,
+            "gatewayUrl": settings.gateway_url,
+            **doc,
+        }
+    )
+    return 0
+
+
+async def problems(_settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDatabase) -> int:
+    async with db.read() as conn:
+        rows = await collect_problems(conn)
+    if not rows:
+        print("no problems: the gateway has refused nothing")
+    for row in rows:
+        print(f"{row['at']}  {row['kind']}  {row['id']}  ({row['subject']}): {row['code']}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[EdgeSettings, argparse.Namespace, EdgeDatabase], Awaitable[int]]] = {
+    "pair-device": pair_device,
+    "report": report,
+    "sync": sync,
+    "status": status,
+    "problems": problems,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            return init(args)
+        settings = _load(args)
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+        if args.command == "run":
+            web.run_app(
+                create_app(settings, load_key(settings.key_path)),
+                host=settings.host,
+                port=settings.port,
+                print=lambda msg: print(msg, flush=True),
+            )
+            return 0
+        command = COMMANDS[args.command]
+        return asyncio.run(_with_db(settings, lambda db: command(settings, args, db)))
+    except PhsError as err:
+        print(f"edgenode: {err.code}: {err.detail}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"edgenode: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The outbox: pending records packed into persisted batches, and their answers.
+
+A batch is written (id, exact msgpack body, the records it holds) in one
+transaction before its first send, so every resend after a failure or a
+crash is byte-for-byte the same request under the same Idempotency-Key.
+Batches are sent strictly in order, which keeps each item's transitions in
+order at the gateway.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+import msgpack
+
+from edgenode.outreach import adopt_gateway_state
+from edgenode.store.database import fetch_all, fetch_one
+from shared.values import format_timestamp
+from shared.wire import REPORT_KIND, TRANSITION_KIND
+
+PENDING = "pending"  # persisted, not yet answered
+DONE = "done"  # answered 200; results applied
+REFUSED = "refused"  # answered with a permanent 4xx; its records are problems
+BATCH_OVERHEAD = 512  # bytes of the batch envelope around the items
+
+
+class ResultMismatch(Exception):
+    """The gateway's results do not line up with the batch we sent."""
+
+
+@dataclass(frozen=True)
+class OpenBatch:
+    batch_id: str
+    body: bytes
+    item_count: int
+    attempts: int
+    next_attempt_at: str | None
+
+
+def _transition_item(row: aiosqlite.Row) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "kind": TRANSITION_KIND,
+        "id": row["transition_id"],
+        "itemId": row["item_id"],
+        "from": row["from_state"],
+        "to": row["to_state"],
+        "occurredAt": row["occurred_at"],
+        "deviceId": row["device_id"],
+        "actorId": row["actor_id"],
+    }
+    if row["role"] != "worker":
+        item["role"] = row["role"]
+    if row["device_seq"] is not None:
+        item["seq"] = row["device_seq"]
+    return item
+
+
+def report_item_id(facility_id: str, period_key: str) -> str:
+    return f"report.{facility_id}.{period_key}"
+
+
+async def build_batch(
+    conn: aiosqlite.Connection, node_id: str, now: datetime, max_items: int, max_bytes: int
+) -> OpenBatch | None:
+    """Pack the oldest unsent records into a new persisted batch (None: nothing to send)."""
+    budget = max_bytes - BATCH_OVERHEAD
+    items: list[dict[str, Any]] = []
+    transition_seqs: list[int] = []
+    report_seqs: list[int] = []
+    rows = await fetch_all(
+        conn,
+        "SELECT seq, transition_id, item_id, from_state, to_state, occurred_at, device_id, "
+        "actor_id, role, device_seq FROM transitions WHERE forward = 1 AND batch_id IS NULL "
+        "ORDER BY seq LIMIT ?",
+        (max_items,),
+    )
+    for row in rows:
+        item = _transition_item(row)
+        size = len(msgpack.packb(item, use_bin_type=True))
+        if size > budget:
+            break
+        budget -= size
+        items.append(item)
+        transition_seqs.append(row["seq"])
+    if len(items) == len(rows):  # room left: reports follow the transitions
+        reports = await fetch_all(
+            conn,
+            "SELECT seq, facility_id, period_key, payload, signature FROM reports "
+            "WHERE batch_id IS NULL ORDER BY seq LIMIT ?",
+            (max_items - len(items),),
+        )
+        for row in reports:
+            item = {
+                "kind": REPORT_KIND,
+                "id": report_item_id(row[1], row[2]),
+                "deviceId": node_id,
+                "payload": bytes(row[3]),
+                "signature": bytes(row[4]),
+            }
+            size = len(msgpack.packb(item, use_bin_type=True))
+            if size > budget:
+                break
+            budget -= size
+            items.append(item)
+            report_seqs.append(row[0])
+    if not items:
+        return None
+    batch_id = uuid.uuid4().hex
+    stamp = format_timestamp(now)
+    body = msgpack.packb(
+        {"v": 1, "batchId": batch_id, "nodeId": node_id, "createdAt": stamp, "items": items},
+        use_bin_type=True,
+    )
+    await conn.execute(
+        "INSERT INTO outbox_batches (batch_id, created_at, stage, body, item_count, attempts, "
+        "next_attempt_at) VALUES (?,?,?,?,?,0,?)",
+        (batch_id, stamp, PENDING, body, len(items), stamp),
+    )
+    await conn.executemany(
+        "UPDATE transitions SET batch_id = ? WHERE seq = ?",
+        [(batch_id, seq) for seq in transition_seqs],
+    )
+    await conn.executemany(
+        "UPDATE reports SET batch_id = ? WHERE seq = ?", [(batch_id, seq) for seq in report_seqs]
+    )
+    return OpenBatch(batch_id, body, len(items), 0, stamp)
+
+
+async def oldest_open_batch(conn: aiosqlite.Connection) -> OpenBatch | None:
+    row = await fetch_one(
+        conn,
+        "SELECT batch_id, body, item_count, attempts, next_attempt_at FROM outbox_batches "
+        "WHERE stage = ? ORDER BY seq LIMIT 1",
+        (PENDING,),
+    )
+    if row is None:
+        return None
+    return OpenBatch(row[0], bytes(row[1]), row[2], row[3], row[4])
+
+
+async def record_results(
+    conn: aiosqlite.Connection, batch_id: str, results: Sequence[Mapping[str, Any]], now: datetime
+) -> None:
+    """Apply the gateway's per-item answers; its states overwrite the projection."""
+    stamp = format_timestamp(now)
+    transitions = await fetch_all(
+        conn,
+        "SELECT seq, transition_id, item_id FROM transitions WHERE batch_id = ? ORDER BY seq",
+        (batch_id,),
+    )
+    reports = await fetch_all(
+        conn,
+        "SELECT seq, facility_id, period_key FROM reports WHERE batch_id = ? ORDER BY seq",
+        (batch_id,),
+    )
+    expected = [row[1] for row in transitions] + [report_item_id(r[1], r[2]) for r in reports]
+    if [r.get("id") for r in results] != expected:
+        raise ResultMismatch(f"batch {batch_id}: answer lists other items than were sent")
+    final: dict[str, tuple[str, int]] = {}  # item -> (gateway state, seq of its last record)
+    for row, result in zip(transitions, results, strict=False):
+        await conn.execute(
+            "UPDATE transitions SET gateway_status = ?, gateway_code = ?, gateway_state = ?, "
+            "gateway_at = ? WHERE seq = ?",
+            (result["status"], result.get("code"), result.get("state"), stamp, row[0]),
+        )
+        if result.get("state") is not None:
+            final[row[2]] = (result["state"], row[0])
+    for item_id, (state, seq) in final.items():
+        await adopt_gateway_state(conn, item_id, state, seq, stamp)
+    for row, result in zip(reports, results[len(transitions) :], strict=True):
+        await conn.execute(
+            "UPDATE reports SET gateway_status = ?, gateway_code = ?, gateway_report_id = ?, "
+            "gateway_at = ? WHERE seq = ?",
+            (result["status"], result.get("code"), result.get("reportId"), stamp, row[0]),
+        )
+    await conn.execute(
+        "UPDATE outbox_batches SET stage = ?, finished_at = ?, last_error = NULL "
+        "WHERE batch_id = ?",
+        (DONE, stamp, batch_id),
+    )
+    await set_state(conn, "last_forward_ok", stamp)
+
+
+async def record_retry(
+    conn: aiosqlite.Connection, batch_id: str, error: str, next_attempt_at: datetime
+) -> None:
+    await conn.execute(
+        "UPDATE outbox_batches SET attempts = attempts + 1, next_attempt_at = ?, "
+        "last_error = ? WHERE batch_id = ?",
+        (format_timestamp(next_attempt_at), error[:1000], batch_id),
+    )
+
+
+async def record_refused(
+    conn: aiosqlite.Connection, batch_id: str, code: str, detail: str, now: datetime
+) -> None:
+    """A permanent refusal of the whole batch: its records become visible problems
+    (never deleted) and the outbox moves on to the records behind them."""
+    stamp = format_timestamp(now)
+    await conn.execute(
+        "UPDATE outbox_batches SET stage = ?, attempts = attempts + 1, last_error = ?, "
+        "finished_at = ? WHERE batch_id = ?",
+        (REFUSED, f"{code}: {detail}"[:1000], stamp, batch_id),
+    )
+    await conn.execute(
+        "UPDATE transitions SET gateway_status = 'rejected', gateway_code = ?, gateway_at = ? "
+        "WHERE batch_id = ?",
+        (code, stamp, batch_id),
+    )
+    await conn.execute(
+        "UPDATE reports SET gateway_status = 'rejected', gateway_code = ?, gateway_at = ? "
+        "WHERE batch_id = ?",
+        (code, stamp, batch_id),
+    )
+
+
+async def set_state(conn: aiosqlite.Connection, key: str, value: str) -> None:
+    await conn.execute(
+        "INSERT INTO sync_state (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+async def get_state(conn: aiosqlite.Connection, key: str) -> str | None:
+    row = await fetch_one(conn, "SELECT value FROM sync_state WHERE key = ?", (key,))
+    return None if row is None else str(row[0])

@@ -1,0 +1,59 @@
+"""``GET /`` (status page), ``GET /healthz`` and ``GET /metrics`` for the office LAN."""
+
+from __future__ import annotations
+
+import html
+
+from aiohttp import web
+
+from edgenode.http import edge_db, edge_settings
+from edgenode.status import collect_status
+from gateway.http import CLOCK, respond
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return respond(request, 200, {"status": "ok"})
+
+
+async def page(request: web.Request) -> web.Response:
+    settings = edge_settings(request)
+    async with edge_db(request).read() as conn:
+        status = await collect_status(conn, request.app[CLOCK]())
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in status.items()
+    )
+    body = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<meta http-equiv='refresh' content='15'>"
+        f"<title>Edge node {html.escape(settings.node_id)}</title>"
+        "<style>body{font-family:sans-serif;margin:1em}th{text-align:left;padding-right:1em}"
+        "</style></head><body>"
+        f"<h1>Edge node {html.escape(settings.node_id)}</h1>"
+        f"<p>Tenant {html.escape(settings.tenant_id)} · facilities "
+        f"{html.escape(', '.join(settings.facility_ids))} · gateway "
+        f"{html.escape(settings.gateway_url)}</p><table>{rows}</table></body></html>"
+    )
+    return web.Response(text=body, content_type="text/html")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    async with edge_db(request).read() as conn:
+        status = await collect_status(conn, request.app[CLOCK]())
+    lines = [
+        "# TYPE phs_edge_outbox_depth gauge",
+        f"phs_edge_outbox_depth {status['outboxDepth']}",
+        "# TYPE phs_edge_outbox_oldest_age_seconds gauge",
+        f"phs_edge_outbox_oldest_age_seconds {status['oldestUnsentAgeSeconds'] or 0}",
+        "# TYPE phs_edge_open_batches gauge",
+        f"phs_edge_open_batches {status['openBatches']}",
+        "# TYPE phs_edge_problems gauge",
+        f"phs_edge_problems {status['problems']}",
+        "# TYPE phs_edge_paired_devices gauge",
+        f"phs_edge_paired_devices {status['pairedDevices']}",
+        "# TYPE phs_edge_transitions gauge",
+    ]
+    for disposition, count in sorted(status["gatewayDispositions"].items()):
+        lines.append(f'phs_edge_transitions{{gateway_status="{disposition}"}} {count}')
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

@@ -1,0 +1,145 @@
+"""``edgenode run``: the tablet API plus the forwarder, puller and report scheduler.
+
+Background loops live in the app's cleanup context, so they start with the
+server and stop (cancelled, awaited) with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from edgenode.gateway_client import GatewayClient
+from edgenode.http import EDGE_DB, EDGE_SETTINGS, IN_FLIGHT, NODE_KEY, OUTBOX_WAKE
+from edgenode.reports import generate_report
+from edgenode.resources import devices, encounters, outreach, status
+from edgenode.scheduler import due_periods
+from edgenode.settings import EdgeSettings
+from edgenode.store.database import EdgeDatabase
+from edgenode.sync import Forwarder, Puller
+from gateway.http import CLOCK, LIMITS, PREFIX, Clock, system_clock
+from gateway.middleware import problem_middleware
+from shared.encoding import Limits
+from shared.periods import zone
+from shared.signing import KeyPair
+from shared.values import parse_timestamp
+
+log = logging.getLogger("edgenode")
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/", status.page)
+    r.add_get("/healthz", status.healthz)
+    r.add_get("/metrics", status.metrics)
+    r.add_post(f"{PREFIX}/devices/pair", devices.pair)
+    r.add_post(f"{PREFIX}/sync/outreach", outreach.push)
+    r.add_post(f"{PREFIX}/sync/encounters", encounters.push)
+    r.add_get(f"{PREFIX}/outreach-items", outreach.list_items)
+
+
+def create_app(
+    settings: EdgeSettings, keypair: KeyPair, clock: Clock = system_clock, background: bool = True
+) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app[EDGE_SETTINGS] = settings
+    app[NODE_KEY] = keypair
+    app[CLOCK] = clock
+    app[LIMITS] = Limits(max_body_bytes=settings.max_body_bytes, max_items=settings.max_push_items)
+    app[IN_FLIGHT] = set()
+    app[OUTBOX_WAKE] = asyncio.Event()
+    app.cleanup_ctx.append(_database)
+    if background:
+        app.cleanup_ctx.append(_background_loops)
+    add_routes(app)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    app[EDGE_DB] = await EdgeDatabase(app[EDGE_SETTINGS].database_path).open()
+    yield
+    await app[EDGE_DB].close()
+
+
+async def _loop(name: str, step: Callable[[], Awaitable[float]]) -> None:
+    """Run ``step`` forever; it returns how long to wait. Errors are logged, not fatal."""
+    while True:
+        try:
+            delay = await step()
+        except Exception:
+            log.exception("%s failed; trying again shortly", name)
+            delay = 5.0
+        await asyncio.sleep(delay)
+
+
+async def _background_loops(app: web.Application) -> AsyncIterator[None]:
+    settings, db, clock = app[EDGE_SETTINGS], app[EDGE_DB], app[CLOCK]
+    timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        client = GatewayClient(session, settings.gateway_url, settings.node_id, app[NODE_KEY])
+        forwarder = Forwarder(db, client, settings, clock, random.Random())
+        puller = Puller(db, client, clock)
+        wake = app[OUTBOX_WAKE]
+
+        async def forward() -> float:
+            wake.clear()
+            summary = await forwarder.forward_once()
+            if summary.waiting_until:  # backing off: tablet pushes do not hurry a retry
+                retry_at = parse_timestamp(summary.waiting_until, "waiting_until")
+                return max(0.2, (retry_at - clock()).total_seconds())
+            with contextlib.suppress(TimeoutError):  # idle: a tablet push wakes us early
+                await asyncio.wait_for(wake.wait(), settings.forward_interval_seconds)
+            return 0.0
+
+        async def pull() -> float:
+            await puller.pull_once()
+            return float(settings.pull_interval_seconds)
+
+        async def schedule() -> float:
+            if settings.report_schedule:
+                await generate_due_reports(db, settings, app[NODE_KEY], clock)
+            return float(settings.schedule_interval_seconds)
+
+        tasks = [
+            asyncio.create_task(_loop(n, s))
+            for n, s in (("forwarder", forward), ("puller", pull), ("scheduler", schedule))
+        ]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def generate_due_reports(
+    db: EdgeDatabase, settings: EdgeSettings, keypair: KeyPair, clock: Clock
+) -> int:
+    now = clock()
+    tz = zone(settings.time_zone)
+    created = 0
+    for period in due_periods(
+        now, tz, settings.daily_report_after_minutes, settings.weekly_report_weekday
+    ):
+        for facility in settings.facility_ids:
+            async with db.write() as conn:
+                report = await generate_report(
+                    conn,
+                    tenant_id=settings.tenant_id,
+                    node_id=settings.node_id,
+                    keypair=keypair,
+                    facility_id=facility,
+                    period=period,
+                    tz=tz,
+                    now=now,
+                )
+            if report.created:
+                created += 1
+                log.info("generated %s report %s for %s", period.type, period.key, facility)
+    return created

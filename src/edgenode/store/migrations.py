@@ -1,0 +1,128 @@
+"""Numbered migrations of the edge node's SQLite store.
+
+Each step runs in one transaction together with its row in
+``schema_migrations``; statements use IF NOT EXISTS so a step that was
+interrupted and re-run does no harm. Released steps are frozen: a change
+of shape is a new step.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (
+        1,
+        "initial store",
+        (
+            """CREATE TABLE IF NOT EXISTS devices (
+            device_id TEXT PRIMARY KEY,
+            public_key BLOB NOT NULL,
+            paired_at TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'active')""",
+            """CREATE TABLE IF NOT EXISTS pairing_codes (
+            code_hash TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT)""",
+            # The outreach item projection: the gateway's state, plus local moves.
+            """CREATE TABLE IF NOT EXISTS items (
+            id TEXT PRIMARY KEY,
+            facility_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            assignee_id TEXT,
+            patient_ref TEXT,
+            cohort_id TEXT,
+            due_date TEXT,
+            gateway_version INTEGER,
+            last_transition_id TEXT,
+            last_from_state TEXT,
+            last_to_state TEXT,
+            last_occurred_at TEXT,
+            last_device_id TEXT,
+            last_role TEXT,
+            local_seq INTEGER NOT NULL,
+            updated_at TEXT NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS items_by_facility ON items (facility_id, local_seq)",
+            # Every transition a tablet pushed, with what the edge and the gateway made of it.
+            """CREATE TABLE IF NOT EXISTS transitions (
+            seq INTEGER PRIMARY KEY,
+            transition_id TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            from_state TEXT NOT NULL,
+            to_state TEXT NOT NULL,
+            occurred_at TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            actor_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            device_seq INTEGER,
+            received_at TEXT NOT NULL,
+            local_disposition TEXT NOT NULL,
+            local_code TEXT,
+            clock_adjusted INTEGER NOT NULL DEFAULT 0,
+            forward INTEGER NOT NULL,
+            batch_id TEXT,
+            gateway_status TEXT,
+            gateway_code TEXT,
+            gateway_state TEXT,
+            gateway_at TEXT)""",
+            "CREATE INDEX IF NOT EXISTS transitions_by_id ON transitions (transition_id)",
+            """CREATE INDEX IF NOT EXISTS transitions_unsent ON transitions (seq)
+            WHERE forward = 1 AND batch_id IS NULL""",
+            "CREATE INDEX IF NOT EXISTS transitions_by_batch ON transitions (batch_id)",
+            # Encounters stay on the edge: they feed reports and are never forwarded.
+            """CREATE TABLE IF NOT EXISTS encounters (
+            id TEXT PRIMARY KEY,
+            patient_ref TEXT NOT NULL,
+            facility_id TEXT NOT NULL,
+            occurred_at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            screening_due INTEGER NOT NULL,
+            immunization_due INTEGER NOT NULL,
+            device_id TEXT NOT NULL,
+            received_at TEXT NOT NULL)""",
+            """CREATE INDEX IF NOT EXISTS encounters_by_facility_time
+            ON encounters (facility_id, occurred_at)""",
+            # Signed reports: append-only, one per facility and period, never regenerated.
+            """CREATE TABLE IF NOT EXISTS reports (
+            seq INTEGER PRIMARY KEY,
+            facility_id TEXT NOT NULL,
+            period_type TEXT NOT NULL,
+            period_key TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            generated_at TEXT NOT NULL,
+            batch_id TEXT,
+            gateway_status TEXT,
+            gateway_code TEXT,
+            gateway_report_id TEXT,
+            gateway_at TEXT,
+            UNIQUE (facility_id, period_key))""",
+            """CREATE INDEX IF NOT EXISTS reports_unsent ON reports (seq)
+            WHERE batch_id IS NULL""",
+            # Outbox batches: persisted before the first send, so a resend is identical.
+            """CREATE TABLE IF NOT EXISTS outbox_batches (
+            seq INTEGER PRIMARY KEY,
+            batch_id TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            body BLOB NOT NULL,
+            item_count INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            last_error TEXT,
+            finished_at TEXT)""",
+            "CREATE INDEX IF NOT EXISTS outbox_open ON outbox_batches (stage, seq)",
+            """CREATE TABLE IF NOT EXISTS sync_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL)""",
+            """CREATE TABLE IF NOT EXISTS idempotency_keys (
+            principal TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            status_code INTEGER NOT NULL,
+            reply BLOB NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (principal, key))""",
+        ),
+    ),
+)

@@ -1,0 +1,193 @@
+"""Store-and-forward to the gateway: the forwarder and the change-feed puller.
+
+Both are plain objects driven by ``forward_once`` / ``pull_once``; the
+service runs them in loops, ``edgenode sync`` once. Clock, randomness and
+the HTTP client come from outside, so tests control time and failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from edgenode.gateway_client import GatewayAnswer, GatewayClient, GatewayUnreachable
+from edgenode.outbox import (
+    OpenBatch,
+    ResultMismatch,
+    build_batch,
+    get_state,
+    oldest_open_batch,
+    record_refused,
+    record_results,
+    record_retry,
+    set_state,
+)
+from edgenode.outreach import apply_changes
+from edgenode.settings import EdgeSettings
+from edgenode.store.database import EdgeDatabase
+from shared.values import format_timestamp, parse_timestamp
+
+log = logging.getLogger("edgenode.sync")
+Clock = Callable[[], datetime]
+
+# Answers after which the same batch is sent again later. Auth failures are
+# retried too: an edge not yet enrolled (or re-enrolled) must not lose records.
+RETRY_STATUSES = frozenset({401, 403, 408, 409, 425, 429})
+
+
+@dataclass
+class ForwardSummary:
+    batches_sent: int = 0
+    items_sent: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    refused_batches: int = 0
+    waiting_until: str | None = None  # the next retry, when the outbox is blocked
+    error: str | None = None
+
+    @property
+    def unreachable(self) -> bool:
+        return self.error is not None
+
+
+@dataclass
+class PullSummary:
+    changes: int = 0
+    cursor: str = "0"
+    error: str | None = None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        db: EdgeDatabase,
+        client: GatewayClient,
+        settings: EdgeSettings,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._db = db
+        self._client = client
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Exponential backoff with full jitter (never zero, never over the cap)."""
+        cap = min(
+            self._settings.retry_max_seconds,
+            self._settings.retry_base_seconds * 2 ** min(attempts, 20),
+        )
+        return timedelta(seconds=max(0.2, self._rng.uniform(0, cap)))
+
+    async def forward_once(self, ignore_schedule: bool = False) -> ForwardSummary:
+        """Send open batches, oldest first, until the outbox is empty or a send fails."""
+        summary = ForwardSummary()
+        while True:
+            async with self._db.write() as conn:
+                batch = await oldest_open_batch(conn) or await build_batch(
+                    conn,
+                    self._client.node_id,
+                    self._clock(),
+                    self._settings.batch_max_items,
+                    self._settings.batch_max_bytes,
+                )
+            if batch is None:
+                return summary
+            due = batch.next_attempt_at
+            if not ignore_schedule and due and parse_timestamp(due, "due") > self._clock():
+                summary.waiting_until = due
+                return summary
+            if not await self._send(batch, summary):
+                return summary
+
+    async def _send(self, batch: OpenBatch, summary: ForwardSummary) -> bool:
+        try:
+            answer = await self._client.post_batch_body(batch.batch_id, batch.body)
+        except GatewayUnreachable as err:
+            await self._retry(batch, str(err), summary)
+            return False
+        if answer.status == 200:
+            results = (
+                answer.document.get("results", []) if isinstance(answer.document, dict) else []
+            )
+            try:
+                async with self._db.write() as conn:
+                    await record_results(conn, batch.batch_id, results, self._clock())
+            except (ResultMismatch, KeyError, TypeError) as err:
+                await self._retry(batch, f"unusable answer: {err}", summary)
+                return False
+            summary.batches_sent += 1
+            summary.items_sent += batch.item_count
+            for result in results:
+                status = str(result.get("status"))
+                summary.statuses[status] = summary.statuses.get(status, 0) + 1
+            return True
+        code, detail = _problem(answer)
+        if answer.status >= 500 or answer.status in RETRY_STATUSES:
+            await self._retry(batch, f"HTTP {answer.status} {code}: {detail}", summary)
+            return False
+        # Any other 4xx is permanent for this exact batch: keep its records as
+        # problems and let the records behind it go.
+        log.warning("gateway refused batch %s: %s %s", batch.batch_id, code, detail)
+        async with self._db.write() as conn:
+            await record_refused(conn, batch.batch_id, code, detail, self._clock())
+        summary.refused_batches += 1
+        return True
+
+    async def _retry(self, batch: OpenBatch, error: str, summary: ForwardSummary) -> None:
+        when = self._clock() + self.backoff(batch.attempts)
+        async with self._db.write() as conn:
+            await record_retry(conn, batch.batch_id, error, when)
+        summary.error = error
+        summary.waiting_until = format_timestamp(when)
+        log.info(
+            "batch %s not delivered (%s); next try at %s",
+            batch.batch_id,
+            error,
+            summary.waiting_until,
+        )
+
+
+class Puller:
+    def __init__(
+        self, db: EdgeDatabase, client: GatewayClient, clock: Clock, page: int = 1000
+    ) -> None:
+        self._db = db
+        self._client = client
+        self._clock = clock
+        self._page = page
+
+    async def pull_once(self) -> PullSummary:
+        """Read the change feed from the persisted cursor until it has no more."""
+        async with self._db.read() as conn:
+            cursor = await get_state(conn, "changes_cursor") or "0"
+        summary = PullSummary(cursor=cursor)
+        while True:
+            try:
+                answer = await self._client.changes(summary.cursor, self._page)
+            except GatewayUnreachable as err:
+                summary.error = str(err)
+                return summary
+            if answer.status != 200 or not isinstance(answer.document, dict):
+                code, detail = _problem(answer)
+                summary.error = f"HTTP {answer.status} {code}: {detail}"
+                return summary
+            doc = answer.document
+            async with self._db.write() as conn:
+                summary.changes += await apply_changes(conn, doc["changes"], self._clock())
+                # The cursor commits with the changes it covers: a crash resumes here.
+                await set_state(conn, "changes_cursor", str(doc["cursor"]))
+                await set_state(conn, "last_pull_ok", format_timestamp(self._clock()))
+            summary.cursor = str(doc["cursor"])
+            if not doc.get("more"):
+                return summary
+
+
+def _problem(answer: GatewayAnswer) -> tuple[str, str]:
+    doc = answer.document
+    if isinstance(doc, dict):
+        return str(doc.get("code", "unknown")), str(doc.get("detail", ""))
+    return "unknown", ""
