@@ -247,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
         )
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # no schema chatter per command
         if args.command == "run":
             web.run_app(
                 create_app(settings, load_key(settings.key_path)),

@@ -138,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
         )
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # no schema chatter per command
         if args.command == "serve":
             web.run_app(
                 create_app(settings),
