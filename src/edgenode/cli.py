@@ -30,7 +30,7 @@ from aiohttp import web
 from edgenode.gateway_client import GatewayClient
 from edgenode.keys import create_key, load_key
 from edgenode.pairing import issue_code
-from edgenode.reports import generate_report
+from edgenode.reports import ensure_complete, generate_report
 from edgenode.service import create_app
 from edgenode.settings import CONFIG_NAME, EdgeSettings, load_edge_settings
 from edgenode.status import collect_problems, collect_status
@@ -162,6 +162,7 @@ async def report(settings: EdgeSettings, args: argparse.Namespace, db: EdgeDatab
     if args.facility not in settings.facility_ids:
         raise ValidationFailed(f"facility {args.facility} is not served by this node")
     period = period_from_key(args.period)
+    ensure_complete(period, zone(settings.time_zone), now())
     async with db.write() as conn:
         stored = await generate_report(
             conn,

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import aiosqlite
 
 from edgenode.store.database import fetch_one
+from shared.errors import ValidationFailed
 from shared.periods import Period, utc_bounds
 from shared.reports import (
     Encounter,
@@ -94,3 +95,14 @@ async def generate_report(
         ),
     )
     return StoredReport(facility_id, period.key, payload, created=True)
+
+
+def ensure_complete(period: Period, tz: ZoneInfo, now: datetime) -> None:
+    """Refuse a period that has not ended: a signed report is never regenerated,
+    so one made too early would freeze a partial count for good."""
+    _, end = utc_bounds(period, tz)
+    if now < end:
+        raise ValidationFailed(
+            f"period {period.key} ends at {format_timestamp(end)}; a report "
+            "for it can be made once it is complete"
+        )
