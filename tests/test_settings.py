@@ -6,16 +6,21 @@ from pathlib import Path
 
 import pytest
 
+from edgenode.settings import EdgeSettings, load_edge_settings
 from gateway.settings import Settings, load_settings
 from shared.errors import ValidationFailed
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
-@pytest.mark.parametrize("name", [name for name, _, _ in Settings.describe()])
-def test_every_setting_is_documented(name: str) -> None:
+@pytest.mark.parametrize(
+    ("prefix", "name"),
+    [("PHS_GATEWAY_", name) for name, _, _ in Settings.describe()]
+    + [("PHS_EDGE_", name) for name, _, _ in EdgeSettings.describe()],
+)
+def test_every_setting_is_documented(prefix: str, name: str) -> None:
     text = DOCS.read_text(encoding="utf-8")
-    assert f"`{name}`" in text and f"`PHS_GATEWAY_{name.upper()}`" in text
+    assert f"| `{name}` | `{prefix}{name.upper()}` |" in text
 
 
 def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
@@ -55,3 +60,20 @@ def test_bad_environment_value_is_refused() -> None:
 def test_default_store_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
     url = Settings(data_dir=str(tmp_path)).sqlalchemy_url()
     assert url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/gateway.db"
+
+
+def test_edge_settings_from_init_file_environment_and_flags(tmp_path: Path) -> None:
+    (tmp_path / "edgenode.toml").write_text(
+        '[edgenode]\nnode_id = "edge-01"\nfacility_ids = ["f-001", "f-002"]\n'
+    )
+    settings = load_edge_settings(
+        None,
+        str(tmp_path),
+        environ={"PHS_EDGE_REPORT_SCHEDULE": "false", "PHS_EDGE_PORT": "9001"},
+        overrides={"port": None},
+    )
+    assert settings.node_id == "edge-01"  # read from DATA_DIR/edgenode.toml
+    assert settings.facility_ids == ["f-001", "f-002"]
+    assert settings.report_schedule is False  # "false" from the environment is a bool
+    assert settings.port == 9001
+    assert settings.data_dir == str(tmp_path)
