@@ -1,4 +1,4 @@
-"""Request and response plumbing shared by every resource module.
+"""Request and response plumbing of both services (gateway and edge node).
 
 Handlers read bodies and answer only through these helpers, so limits,
 content negotiation and the problem-document shape live in one place.
@@ -9,21 +9,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.db.database import Database
 from gateway.settings import Settings
 from shared.encoding import JSON, MSGPACK, PROBLEM_JSON, Limits, decode_body, encode, negotiate
 from shared.encoding import media_type_of as _media_type_of
 from shared.errors import MalformedBody, PayloadTooLarge, PhsError, ValidationFailed
 
+if TYPE_CHECKING:
+    # Only for typing: the edge node uses this module too, and must not load
+    # SQLAlchemy and Alembic into a Raspberry Pi's memory for it.
+    from gateway.db.database import Database
+
 Clock = Callable[[], datetime]
 
 PREFIX = "/api/v1/population-health"
 SETTINGS = web.AppKey("settings", Settings)
-DATABASE = web.AppKey("database", Database)
+DATABASE: web.AppKey[Database] = web.AppKey("database")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 LIMITS = web.AppKey("limits", Limits)
 
