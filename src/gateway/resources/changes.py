@@ -7,6 +7,8 @@ which on SQLite (one writer) is commit order.
 
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 from aiohttp import web
 
@@ -15,11 +17,17 @@ from gateway.db.schema import changes
 from gateway.http import database, query_int, respond, settings
 from shared.errors import BadCursor
 
+# ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and
+# other scripts' digits; and a cursor beyond a signed 64-bit integer cannot
+# be bound as an SQL parameter.
+_CURSOR_RE = re.compile(r"[0-9]{1,19}")
+MAX_CURSOR = 2**63 - 1
+
 
 def parse_cursor(raw: str | None) -> int:
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit() or len(raw) > 19:
+    if _CURSOR_RE.fullmatch(raw) is None or int(raw) > MAX_CURSOR:
         raise BadCursor("since must be a cursor returned by this endpoint")
     return int(raw)
 
