@@ -178,6 +178,17 @@ async def test_admins_see_only_their_tenants_nodes(gateway: Gateway) -> None:
     assert await gateway.snapshot() == before
 
 
+async def test_revoke_with_unacceptable_accept_revokes_nothing(gateway: Gateway) -> None:
+    node = await gateway.enroll("edge-01", "t1")
+    admin = await gateway.token("admin")
+    before = await gateway.snapshot()
+    resp = await gateway.client.delete(f"{NODES}/edge-01", headers=bearer(admin, Accept="text/csv"))
+    await assert_problem(resp, 406, "not_acceptable")
+    assert await gateway.snapshot() == before
+    resp = await gateway.signed(node, "GET", f"{PREFIX}/sync/changes")
+    assert resp.status == 200  # still active
+
+
 # --- the command line --------------------------------------------------------------------------
 
 

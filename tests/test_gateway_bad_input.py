@@ -260,6 +260,7 @@ BATCH_FAULTS = [
     ),
     ("transition seq negative", {"items": [transition("t-1", "item-1", "a", "b", seq=-1)]}),
     ("transition server role", {"items": [transition("t-1", "item-1", "a", "b", role="server")]}),
+    ("transition role a list", {"items": [transition("t-1", "item-1", "a", "b", role=["worker"])]}),
     (
         "report bytes not bytes",
         {
@@ -288,6 +289,22 @@ async def test_bad_batch_refuses_the_whole_batch(
     await assert_problem(
         await client.send("batches", msgpack.packb(doc), MSGPACK), 422, "validation_failed"
     )
+    assert await gateway.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "state", [[], ["pending"], {"s": "pending"}], ids=["[]", "[pending]", "map"]
+)
+async def test_item_state_of_a_container_type(gateway: Gateway, client: Client, state: Any) -> None:
+    """``state`` must be a state name; a list or map is no less wrong than a number.
+
+    Open bug (gateway/outreach.py, parse_new_item): ``state not in {...}`` hashes
+    the value, so a list or map raises TypeError and the answer is a 500.
+    """
+    doc = {**client.valid("outreach-items"), "state": state}
+    before = await gateway.snapshot()
+    resp = await client.send("outreach-items", msgpack.packb(doc), MSGPACK)
+    await assert_problem(resp, 422, "validation_failed")
     assert await gateway.snapshot() == before
 
 

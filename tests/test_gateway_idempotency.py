@@ -214,7 +214,8 @@ BAD_KEYS = [
 
 @pytest.mark.parametrize("key", BAD_KEYS, ids=["empty", "256 chars", "non-ascii", "tab"])
 @pytest.mark.parametrize(
-    "endpoint", ["outreach-items", "transitions", "admin/nodes", "facility-reports", "batches"]
+    "endpoint",
+    ["outreach-items", "transitions", "admin/nodes", "revoke", "facility-reports", "batches"],
 )
 async def test_bad_idempotency_keys(gateway: Gateway, key: str, endpoint: str) -> None:
     admin = await setup(gateway)
@@ -237,6 +238,10 @@ async def test_bad_idempotency_keys(gateway: Gateway, key: str, endpoint: str) -
         }
         resp = await gateway.client.post(
             f"{PREFIX}/admin/nodes", json=body, headers=bearer(admin, **headers)
+        )
+    elif endpoint == "revoke":
+        resp = await gateway.client.delete(
+            f"{PREFIX}/admin/nodes/{node.node_id}", headers=bearer(admin, **headers)
         )
     elif endpoint == "facility-reports":
         resp = await gateway.client.post(

@@ -81,7 +81,8 @@ def parse_transition(
         doc = mapping(obj, "transition")
         only_fields(doc, TRANSITION_FIELDS | extra_fields, "transition")
         role_name = doc.get("role", Role.WORKER.value)
-        if role_name not in {r.value for r in roles}:
+        # Checked as a string first: a list or map is unhashable (a TypeError, a 500).
+        if not isinstance(role_name, str) or role_name not in {r.value for r in roles}:
             raise ValidationFailed(f"role must be one of {', '.join(sorted(roles))}", field="role")
         seq = doc.get("seq")
         return Transition(
