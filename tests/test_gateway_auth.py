@@ -360,3 +360,32 @@ async def test_a_signature_is_no_bearer_token(gateway: Gateway) -> None:
         401,
         "unauthenticated",
     )
+
+
+# --- the policy table: who may write which aggregate ---------------------------------------
+
+POLICY_KINDS = [
+    # (batch kind, per-item code): nodes write only transitions and facility reports
+    ("population_cohort", "policy_server_authoritative"),
+    ("cohort_membership", "policy_server_authoritative"),
+    ("disease_registry_entry", "policy_server_authoritative"),  # service role only
+    ("risk_score.computed", "policy_server_authoritative"),
+    ("quality_metric_snapshot", "policy_server_authoritative"),  # and immutable
+    ("hmis_export_job", "policy_server_authoritative"),
+    ("deident_export_job", "policy_server_authoritative"),
+    ("risk_score.override", "policy_server_authoritative"),  # lww, but admin: not via batches here
+    ("telemetry.blob", "unknown_kind"),  # in no table
+]
+
+
+async def test_policy_kinds_are_rejected_per_item(gateway: Gateway) -> None:
+    _, node = await setup(gateway)
+    items = [{"kind": kind, "id": f"x-{n}"} for n, (kind, _) in enumerate(POLICY_KINDS)]
+    items.append(transition("t-1", "item-1", "assigned", "in_progress"))
+    resp = await gateway.post_batch(node, items)
+    assert resp.status == 200, await resp.text()
+    results = (await document(resp))["results"]
+    assert [(r["status"], r["code"]) for r in results[:-1]] == [
+        ("rejected", code) for _, code in POLICY_KINDS
+    ]
+    assert (results[-1]["status"], results[-1]["state"]) == ("applied", "in_progress")

@@ -140,3 +140,44 @@ async def test_lww_does_not_depend_on_batch_split(gateway: Gateway, split: bool)
             "contacted",
         ),  # same ms, same device: "z-first" > "a-second"
     ]
+
+
+async def test_future_occurred_at_is_clamped_and_flagged(gateway: Gateway) -> None:
+    """More than 5 minutes ahead of the gateway's clock: recorded at its clock."""
+    admin = await gateway.token("admin")
+    node = await gateway.enroll()
+    await gateway.create_item(admin, ITEM, "assigned")
+    await gateway.create_item(admin, "item-2", "assigned")
+    resp = await gateway.post_batch(
+        node,
+        [
+            transition("t-late", ITEM, "assigned", "in_progress", "2026-11-25T12:06:00.000Z"),
+            transition("t-ok", "item-2", "assigned", "in_progress", "2026-11-25T12:05:00.000Z"),
+        ],
+    )
+    late, ok = (await document(resp))["results"]
+    assert (late["status"], late.get("clockAdjusted")) == ("applied", True)  # 6 min ahead
+    assert "clockAdjusted" not in ok  # exactly 5 min ahead is tolerated
+    for item_id, at, adjusted in [
+        (ITEM, "2026-11-25T12:00:00.000Z", True),  # the gateway's clock (START)
+        ("item-2", "2026-11-25T12:05:00.000Z", False),  # as sent
+    ]:
+        resp = await gateway.client.get(f"{PREFIX}/outreach-items/{item_id}", headers=bearer(admin))
+        [row] = (await resp.json())["history"]
+        assert (row["occurredAt"], row["clockAdjusted"]) == (at, adjusted)
+
+
+async def test_server_transition_defaults_to_the_gateway_clock(gateway: Gateway) -> None:
+    service = await gateway.token("service")  # service tokens may move items too
+    await gateway.create_item(service, ITEM, "pending")
+    gateway.clock.advance(90)
+    resp = await gateway.client.post(
+        f"{PREFIX}/outreach-items/{ITEM}/transitions",
+        json={"id": "s-1", "from": "pending", "to": "assigned"},  # no occurredAt
+        headers=bearer(service),
+    )
+    assert (await resp.json())["state"] == "assigned"
+    resp = await gateway.client.get(f"{PREFIX}/outreach-items/{ITEM}", headers=bearer(service))
+    [row] = (await resp.json())["history"]
+    assert row["occurredAt"] == "2026-11-25T12:01:30.000Z"  # START + 90 s
+    assert (row["deviceId"], row["role"]) == ("server", "server")
