@@ -194,7 +194,8 @@ async def sync(settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDataba
         pulled = await Puller(db, client, now).pull_once()
     print(
         f"forward: {forwarded.batches_sent} batches, {forwarded.items_sent} items "
-        f"{forwarded.statuses or ''}; refused batches: {forwarded.refused_batches}"
+        f"{forwarded.statuses or ''}; refused records: {forwarded.refused_batches}, "
+        f"refused batches split and resent: {forwarded.split_batches}"
     )
     if forwarded.error:
         print(f"forward stopped: {forwarded.error}; next try {forwarded.waiting_until}")
@@ -202,7 +203,18 @@ async def sync(settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDataba
         f"pull: {pulled.changes} changes, cursor {pulled.cursor}"
         + (f"; stopped: {pulled.error}" if pulled.error else "")
     )
-    return 1 if forwarded.error or pulled.error else 0
+    error = forwarded.error or pulled.error
+    if error is None:
+        return 0
+    async with db.read() as conn:
+        waiting = (await collect_status(conn, now()))["outboxDepth"]
+    problem = "is unreachable" if forwarded.unreachable or pulled.unreachable else "refused"
+    print(
+        f"edgenode: gateway {settings.gateway_url} {problem}: {error}; "
+        f"{waiting} record(s) wait in the outbox for the next sync",
+        file=sys.stderr,
+    )
+    return 1
 
 
 async def status(settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDatabase) -> int:

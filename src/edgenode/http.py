@@ -8,6 +8,7 @@ services answer errors in exactly the same shape.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 import aiosqlite
@@ -76,27 +77,20 @@ async def run_write(
         return respond(request, status, document)
     fingerprint = request_fingerprint(request.method, path_with_query(request), body)
     async with db.read() as conn:
-        stored = await fetch_one(
-            conn,
-            "SELECT fingerprint, status_code, reply FROM idempotency_keys "
-            "WHERE principal = ? AND key = ?",
-            (principal, key),
-        )
+        stored = await _stored_reply(conn, principal, key)
     if stored is not None:
-        if stored["fingerprint"] != fingerprint:
-            raise IdempotencyKeyMismatch("this Idempotency-Key was used for another request")
-        return respond(
-            request,
-            stored["status_code"],
-            msgpack.unpackb(stored["reply"], raw=False),
-            {"Idempotent-Replayed": "true"},
-        )
+        return _replay(request, stored, fingerprint)
     in_flight = request.app[IN_FLIGHT]
     if (principal, key) in in_flight:
         raise IdempotencyInFlight("the first request with this key is still running")
     in_flight.add((principal, key))
     try:
         async with db.write() as conn:
+            # Again under the write lock: a twin may have finished between our
+            # read and now (it is no longer in flight, and its answer is stored).
+            stored = await _stored_reply(conn, principal, key)
+            if stored is not None:
+                return _replay(request, stored, fingerprint)
             status, document = await write(conn)
             if 200 <= status < 300:
                 await conn.execute(
@@ -115,3 +109,24 @@ async def run_write(
         in_flight.discard((principal, key))
     request.app[OUTBOX_WAKE].set()
     return respond(request, status, document)
+
+
+async def _stored_reply(conn: aiosqlite.Connection, principal: str, key: str) -> sqlite3.Row | None:
+    return await fetch_one(
+        conn,
+        "SELECT fingerprint, status_code, reply FROM idempotency_keys "
+        "WHERE principal = ? AND key = ?",
+        (principal, key),
+    )
+
+
+def _replay(request: web.Request, stored: sqlite3.Row, fingerprint: str) -> web.Response:
+    """The stored answer of an earlier success with this key (CONTRACT section 4)."""
+    if stored["fingerprint"] != fingerprint:
+        raise IdempotencyKeyMismatch("this Idempotency-Key was used for another request")
+    return respond(
+        request,
+        stored["status_code"],
+        msgpack.unpackb(stored["reply"], raw=False),
+        {"Idempotent-Replayed": "true"},
+    )

@@ -25,7 +25,9 @@ from shared.wire import REPORT_KIND, TRANSITION_KIND
 
 PENDING = "pending"  # persisted, not yet answered
 DONE = "done"  # answered 200; results applied
-REFUSED = "refused"  # answered with a permanent 4xx; its records are problems
+REFUSED = "refused"  # one record answered with a permanent 4xx: that record is a problem
+SPLIT = "split"  # several records refused as a whole: they were queued again, in halves
+BATCH_LIMIT = "batch_limit"  # sync_state: the smaller batch size while a refusal is isolated
 BATCH_OVERHEAD = 512  # bytes of the batch envelope around the items
 
 
@@ -196,11 +198,44 @@ async def record_retry(
     )
 
 
+async def split_refused(
+    conn: aiosqlite.Connection,
+    batch_id: str,
+    item_count: int,
+    code: str,
+    detail: str,
+    now: datetime,
+) -> None:
+    """A permanent refusal of a whole batch of several records (one bad record
+    fails the gateway's check of the batch; or the batch is over its limits).
+
+    The gateway stored nothing, so the records go back to the queue in their
+    order, to be sent in batches of half the size: the bad record ends up
+    alone in a refused batch (``record_refused``), and every other one is
+    delivered. The batch row stays, with its reason, for the record.
+    """
+    await conn.execute(
+        "UPDATE outbox_batches SET stage = ?, attempts = attempts + 1, last_error = ?, "
+        "finished_at = ? WHERE batch_id = ?",
+        (SPLIT, f"{code}: {detail}"[:1000], format_timestamp(now), batch_id),
+    )
+    await conn.execute("UPDATE transitions SET batch_id = NULL WHERE batch_id = ?", (batch_id,))
+    await conn.execute("UPDATE reports SET batch_id = NULL WHERE batch_id = ?", (batch_id,))
+    await set_state(conn, BATCH_LIMIT, str(max(1, item_count // 2)))
+
+
+async def batch_limit(conn: aiosqlite.Connection, max_items: int) -> int:
+    """Most records for the next batch: ``max_items``, or less while a split runs."""
+    limit = await get_state(conn, BATCH_LIMIT)
+    return max_items if limit is None else max(1, min(max_items, int(limit)))
+
+
 async def record_refused(
     conn: aiosqlite.Connection, batch_id: str, code: str, detail: str, now: datetime
 ) -> None:
-    """A permanent refusal of the whole batch: its records become visible problems
-    (never deleted) and the outbox moves on to the records behind them."""
+    """A permanent refusal of a batch of one record: that record becomes a
+    visible problem (never deleted) and the outbox moves on, in full batches,
+    to the records behind it."""
     stamp = format_timestamp(now)
     await conn.execute(
         "UPDATE outbox_batches SET stage = ?, attempts = attempts + 1, last_error = ?, "
@@ -217,6 +252,7 @@ async def record_refused(
         "WHERE batch_id = ?",
         (code, stamp, batch_id),
     )
+    await clear_state(conn, BATCH_LIMIT)
 
 
 async def set_state(conn: aiosqlite.Connection, key: str, value: str) -> None:
@@ -225,6 +261,10 @@ async def set_state(conn: aiosqlite.Connection, key: str, value: str) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+async def clear_state(conn: aiosqlite.Connection, key: str) -> None:
+    await conn.execute("DELETE FROM sync_state WHERE key = ?", (key,))
 
 
 async def get_state(conn: aiosqlite.Connection, key: str) -> str | None:

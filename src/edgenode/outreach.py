@@ -242,6 +242,15 @@ async def _has_newer_local_move(conn: aiosqlite.Connection, item_id: str, after_
     return row is not None
 
 
+# The gateway's state arrives without the transition that produced it, so a
+# local ``last`` no longer describes it: forgotten, rule 5 cannot pair a late
+# sibling with a transition the gateway has moved past (rules 6 and 7 judge it).
+_FORGET_LAST = (
+    "last_transition_id = NULL, last_from_state = NULL, last_to_state = NULL, "
+    "last_occurred_at = NULL, last_device_id = NULL, last_role = NULL"
+)
+
+
 async def adopt_gateway_state(
     conn: aiosqlite.Connection, item_id: str, state: str, after_seq: int, stamp: str
 ) -> bool:
@@ -249,7 +258,8 @@ async def adopt_gateway_state(
     if await _has_newer_local_move(conn, item_id, after_seq):
         return False
     cursor = await conn.execute(
-        "UPDATE items SET state = ?, local_seq = ?, updated_at = ? WHERE id = ? AND state != ?",
+        f"UPDATE items SET state = ?, local_seq = ?, updated_at = ?, {_FORGET_LAST} "
+        "WHERE id = ? AND state != ?",
         (state, await _next_local_seq(conn), stamp, item_id, state),
     )
     return (cursor.rowcount or 0) > 0
@@ -271,6 +281,11 @@ async def apply_changes(
         data = change["data"]
         # A local move still on its way keeps the local state until its answer comes.
         pending = await _has_newer_local_move(conn, data["id"], 0)
+        if not pending:
+            await conn.execute(
+                f"UPDATE items SET {_FORGET_LAST} WHERE id = ? AND state != ?",
+                (data["id"], data["state"]),
+            )
         seq = await _next_local_seq(conn)
         await conn.execute(
             "INSERT INTO items (id, facility_id, state, assignee_id, patient_ref, cohort_id, "

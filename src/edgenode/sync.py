@@ -15,15 +15,19 @@ from datetime import datetime, timedelta
 
 from edgenode.gateway_client import GatewayAnswer, GatewayClient, GatewayUnreachable
 from edgenode.outbox import (
+    BATCH_LIMIT,
     OpenBatch,
     ResultMismatch,
+    batch_limit,
     build_batch,
+    clear_state,
     get_state,
     oldest_open_batch,
     record_refused,
     record_results,
     record_retry,
     set_state,
+    split_refused,
 )
 from edgenode.outreach import apply_changes
 from edgenode.settings import EdgeSettings
@@ -43,13 +47,11 @@ class ForwardSummary:
     batches_sent: int = 0
     items_sent: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
-    refused_batches: int = 0
+    refused_batches: int = 0  # batches of one record refused for good: problems
+    split_batches: int = 0  # batches of several refused as a whole: queued again in halves
     waiting_until: str | None = None  # the next retry, when the outbox is blocked
     error: str | None = None
-
-    @property
-    def unreachable(self) -> bool:
-        return self.error is not None
+    unreachable: bool = False  # the error is the network's (no answer), not an HTTP one
 
 
 @dataclass
@@ -57,6 +59,7 @@ class PullSummary:
     changes: int = 0
     cursor: str = "0"
     error: str | None = None
+    unreachable: bool = False
 
 
 class Forwarder:
@@ -91,9 +94,11 @@ class Forwarder:
                     conn,
                     self._client.node_id,
                     self._clock(),
-                    self._settings.batch_max_items,
+                    await batch_limit(conn, self._settings.batch_max_items),
                     self._settings.batch_max_bytes,
                 )
+                if batch is None:  # drained: the next records start at full size
+                    await clear_state(conn, BATCH_LIMIT)
             if batch is None:
                 return summary
             due = batch.next_attempt_at
@@ -107,6 +112,7 @@ class Forwarder:
         try:
             answer = await self._client.post_batch_body(batch.batch_id, batch.body)
         except GatewayUnreachable as err:
+            summary.unreachable = True
             await self._retry(batch, str(err), summary)
             return False
         if answer.status == 200:
@@ -129,12 +135,19 @@ class Forwarder:
         if answer.status >= 500 or answer.status in RETRY_STATUSES:
             await self._retry(batch, f"HTTP {answer.status} {code}: {detail}", summary)
             return False
-        # Any other 4xx is permanent for this exact batch: keep its records as
-        # problems and let the records behind it go.
+        # Any other 4xx is permanent for this exact batch. A batch of several
+        # records is split until the refused record is alone; that one is kept
+        # as a problem, and the records behind it go.
         log.warning("gateway refused batch %s: %s %s", batch.batch_id, code, detail)
         async with self._db.write() as conn:
-            await record_refused(conn, batch.batch_id, code, detail, self._clock())
-        summary.refused_batches += 1
+            if batch.item_count > 1:
+                await split_refused(
+                    conn, batch.batch_id, batch.item_count, code, detail, self._clock()
+                )
+                summary.split_batches += 1
+            else:
+                await record_refused(conn, batch.batch_id, code, detail, self._clock())
+                summary.refused_batches += 1
         return True
 
     async def _retry(self, batch: OpenBatch, error: str, summary: ForwardSummary) -> None:
@@ -169,7 +182,7 @@ class Puller:
             try:
                 answer = await self._client.changes(summary.cursor, self._page)
             except GatewayUnreachable as err:
-                summary.error = str(err)
+                summary.error, summary.unreachable = str(err), True
                 return summary
             if answer.status != 200 or not isinstance(answer.document, dict):
                 code, detail = _problem(answer)

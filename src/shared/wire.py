@@ -95,10 +95,22 @@ def parse_transition(
             device_id=identifier(required(doc, "deviceId"), "deviceId"),
             actor_id=identifier(required(doc, "actorId"), "actorId"),
             role=Role(role_name),
-            seq=None if seq is None else integer(seq, "seq", minimum=0),
+            seq=None if seq is None else _seq(seq),
         )
     except ValidationFailed as err:
         raise _at(where, err) from err
+
+
+# Both services store seq as a signed 64-bit SQL integer: a larger one would
+# make the insert fail (a 500) instead of a refusal naming the field.
+MAX_SEQ = 2**63 - 1
+
+
+def _seq(value: Any) -> int:
+    seq = integer(value, "seq", minimum=0)
+    if seq > MAX_SEQ:
+        raise ValidationFailed(f"seq must be at most {MAX_SEQ}", field="seq")
+    return seq
 
 
 def parse_report_submission(

@@ -8,7 +8,7 @@ from aiohttp import web
 from edgenode.encounters import ingest_encounters
 from edgenode.http import authenticate_device, edge_settings, run_write
 from gateway.http import CLOCK, decode_document, read_body
-from shared.errors import OutOfScope, PayloadTooLarge, ValidationFailed
+from shared.errors import BatchTooLarge, OutOfScope, ValidationFailed
 from shared.reports import parse_encounter
 from shared.values import only_fields, required
 
@@ -23,7 +23,7 @@ async def push(request: web.Request) -> web.Response:
         raise ValidationFailed("encounters must be an array", field="encounters")
     settings = edge_settings(request)
     if len(raw) > settings.max_push_items:
-        raise PayloadTooLarge(f"at most {settings.max_push_items} encounters")
+        raise BatchTooLarge(f"at most {settings.max_push_items} encounters")
     encounters = []
     for n, item in enumerate(raw):
         try:

@@ -8,7 +8,7 @@ from aiohttp import web
 from edgenode.http import authenticate_device, edge_db, edge_settings, run_write
 from edgenode.outreach import ingest_transitions, items_since
 from gateway.http import CLOCK, decode_document, query_int, read_body, respond
-from shared.errors import BadCursor, OutOfScope, PayloadTooLarge, ValidationFailed
+from shared.errors import BadCursor, BatchTooLarge, OutOfScope, ValidationFailed
 from shared.values import only_fields, required
 from shared.wire import parse_transition
 
@@ -22,7 +22,7 @@ async def push(request: web.Request) -> web.Response:
     if not isinstance(raw, list):
         raise ValidationFailed("transitions must be an array", field="transitions")
     if len(raw) > edge_settings(request).max_push_items:
-        raise PayloadTooLarge(f"at most {edge_settings(request).max_push_items} transitions")
+        raise BatchTooLarge(f"at most {edge_settings(request).max_push_items} transitions")
     transitions = [parse_transition(t, f"/transitions/{n}") for n, t in enumerate(raw)]
     for t in transitions:
         if t.device_id != device_id:
