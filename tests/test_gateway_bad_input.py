@@ -42,11 +42,11 @@ PATHS = {
 }
 # Per endpoint: a field to give the wrong type, and a required field to drop.
 WRONG_TYPE = {
-    "admin/nodes": ("facilityIds", "f-001"),  # an array of ids, not one string
-    "outreach-items": ("state", 3),  # a state name
-    "transitions": ("to", ["cancelled"]),  # a state name
-    "facility-reports": ("payload", 12),  # bytes
-    "batches": ("items", {"0": "x"}),  # an array
+    "admin/nodes": ("facilityIds", "f-001"),  # should be an array of ids, not one string
+    "outreach-items": ("state", 3),  # should be a state name
+    "transitions": ("to", ["cancelled"]),  # should be a state name
+    "facility-reports": ("payload", 12),  # should be bytes (base64 in JSON)
+    "batches": ("items", {"0": "x"}),  # should be an array
 }
 REQUIRED = {
     "admin/nodes": "publicKey",
