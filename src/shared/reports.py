@@ -111,6 +111,41 @@ def _rate(numerator: int, due: int) -> float | None:
     return None if due == 0 else round(numerator / due, 4)
 
 
+@dataclass(frozen=True)
+class MetricTotals:
+    """The six counts every metric derives from (CONTRACT.md §6).
+
+    ``screening_done`` counts patients flagged due who also had a screening in
+    the period ("of those"), likewise ``immunization_given``; any source of
+    encounters (a list in memory, an SQL aggregate over a million rows) only
+    has to produce these.
+    """
+
+    patients: int
+    encounters: int
+    screening_due: int
+    screening_done: int
+    immunization_due: int
+    immunization_given: int
+
+
+def metrics_from_totals(t: MetricTotals) -> dict[str, Any]:
+    return {
+        "patientCount": t.patients,
+        "encounterCount": t.encounters,
+        "screening": {
+            "due": t.screening_due,
+            "done": t.screening_done,
+            "rate": _rate(t.screening_done, t.screening_due),
+        },
+        "immunization": {
+            "due": t.immunization_due,
+            "given": t.immunization_given,
+            "rate": _rate(t.immunization_given, t.immunization_due),
+        },
+    }
+
+
 def compute_metrics(
     encounters: Iterable[Encounter], period: Period, tz: ZoneInfo
 ) -> dict[str, Any]:
@@ -120,44 +155,29 @@ def compute_metrics(
     facility's encounters; encounters outside the period are skipped here so a
     caller may pass a wider window than the period.
     """
-    patients: set[str] = set()
-    encounter_count = 0
-    screening_due: set[str] = set()
-    screened: set[str] = set()
-    immunization_due: set[str] = set()
-    immunized: set[str] = set()
+    # patient -> [encounters, screening due, screened, immunization due, immunized]
+    flags: dict[str, list[int]] = {}
     for encounter in encounters:
         if not period.contains(local_date(encounter.occurred_at, tz)):
             continue
-        patient = encounter.patient_ref
-        patients.add(patient)
-        encounter_count += 1
-        if encounter.screening_due:
-            screening_due.add(patient)
-        if encounter.immunization_due:
-            immunization_due.add(patient)
-        if encounter.kind is EncounterKind.SCREENING:
-            screened.add(patient)
-        elif encounter.kind is EncounterKind.IMMUNIZATION:
-            immunized.add(patient)
-    # "Of those": a screening of a patient who was never flagged due in the
-    # period does not count, or done could exceed due.
-    done = len(screening_due & screened)
-    given = len(immunization_due & immunized)
-    return {
-        "patientCount": len(patients),
-        "encounterCount": encounter_count,
-        "screening": {
-            "due": len(screening_due),
-            "done": done,
-            "rate": _rate(done, len(screening_due)),
-        },
-        "immunization": {
-            "due": len(immunization_due),
-            "given": given,
-            "rate": _rate(given, len(immunization_due)),
-        },
-    }
+        f = flags.setdefault(encounter.patient_ref, [0, 0, 0, 0, 0])
+        f[0] += 1
+        f[1] |= encounter.screening_due
+        f[2] |= encounter.kind is EncounterKind.SCREENING
+        f[3] |= encounter.immunization_due
+        f[4] |= encounter.kind is EncounterKind.IMMUNIZATION
+    return metrics_from_totals(
+        MetricTotals(
+            patients=len(flags),
+            encounters=sum(f[0] for f in flags.values()),
+            screening_due=sum(f[1] for f in flags.values()),
+            # "Of those": a screening of a patient never flagged due in the period
+            # does not count, or done could exceed due.
+            screening_done=sum(f[1] & f[2] for f in flags.values()),
+            immunization_due=sum(f[3] for f in flags.values()),
+            immunization_given=sum(f[3] & f[4] for f in flags.values()),
+        )
+    )
 
 
 @dataclass(frozen=True)
