@@ -8,6 +8,7 @@ and change-feed rows with one ``executemany`` each.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.db.database import execute_many, in_list, select_in
 from gateway.db.schema import changes, outreach_items, outreach_transitions
 from shared.errors import AlreadyExists, ItemCode, NotFound, ValidationFailed
 from shared.fsm import (
@@ -34,7 +36,6 @@ from shared.values import (
     identifier,
     only_fields,
     optional_identifier,
-    parse_timestamp,
     required,
     text,
 )
@@ -43,7 +44,6 @@ AGGREGATE = "outreach_item"
 ITEM_FIELDS = frozenset(
     {"id", "facilityId", "state", "assigneeId", "patientRef", "cohortId", "dueDate"}
 )
-CHUNK = 500  # bound the number of bound parameters per IN (...) query
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,14 @@ def item_to_wire(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _change_row(row: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """A change-feed row for ``execute_many``: ``data`` is already JSON text."""
     return {
         "tenant_id": row["tenant_id"],
         "facility_id": row["facility_id"],
         "aggregate": AGGREGATE,
         "entity_id": row["id"],
         "op": "upsert",
-        "data": item_to_wire(row),
+        "data": json.dumps(item_to_wire(row)),
         "committed_at": now,
     }
 
@@ -109,7 +110,9 @@ def _last_transition(row: Mapping[str, Any]) -> Transition | None:
         item_id=row["id"],
         from_state=row["last_from_state"],
         to_state=row["last_to_state"],
-        occurred_at=parse_timestamp(row["last_occurred_at"], "last_occurred_at"),
+        # We wrote it with format_timestamp: no need for the wire's checks
+        # (fromisoformat reads "…Z" as UTC, at a tenth of the cost per loaded item).
+        occurred_at=datetime.fromisoformat(row["last_occurred_at"]),
         device_id=row["last_device_id"],
         actor_id="",
         role=Role(row["last_role"]),
@@ -119,7 +122,8 @@ def _last_transition(row: Mapping[str, Any]) -> Transition | None:
 def parse_new_item(body: Mapping[str, Any]) -> dict[str, Any]:
     only_fields(body, ITEM_FIELDS, "outreach item")
     state = required(body, "state")
-    if state not in {s.value for s in State}:
+    # Checked as a string first: a list or map is unhashable (a TypeError, a 500).
+    if not isinstance(state, str) or state not in {s.value for s in State}:
         raise ValidationFailed(f"state must be one of {', '.join(State)}", field="state")
     due = body.get("dueDate")
     if due is not None:
@@ -161,7 +165,7 @@ async def create_item(
             await conn.execute(outreach_items.insert().values(**row))
     except IntegrityError as err:
         raise AlreadyExists(f"outreach item {fields['id']} already exists") from err
-    await conn.execute(changes.insert().values(**_change_row(row, stamp)))
+    await execute_many(conn, _INSERT_CHANGE, [_change_row(row, stamp)])
     return item_to_wire(row)
 
 
@@ -203,14 +207,28 @@ async def get_item(conn: AsyncConnection, item_id: str, tenant_id: str) -> dict[
     return {**item_to_wire(dict(row._mapping)), "history": history}
 
 
+_SELECT_ITEMS = sa.select(outreach_items).where(in_list(outreach_items.c.id))
+_SELECT_SEEN = (
+    sa.select(
+        outreach_transitions.c.item_id,
+        outreach_transitions.c.transition_id,
+        outreach_transitions.c.disposition,
+    )
+    .where(
+        in_list(outreach_transitions.c.transition_id),
+        outreach_transitions.c.tenant_id == sa.bindparam("tenant_id"),
+        outreach_transitions.c.disposition != Disposition.DUPLICATE.value,
+    )
+    .order_by(outreach_transitions.c.seq)
+)
+
+
 async def _load_items(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, _Item]:
     found: dict[str, _Item] = {}
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
-        rows = await conn.execute(sa.select(outreach_items).where(outreach_items.c.id.in_(chunk)))
-        for row in rows:
-            data = dict(row._mapping)
-            found[data["id"]] = _Item(data, State(data["state"]), _last_transition(data))
+    keys = tuple(c.name for c in outreach_items.columns)  # the columns _SELECT_ITEMS lists
+    for row in await select_in(conn, _SELECT_ITEMS, ids):
+        data = dict(zip(keys, row, strict=True))
+        found[data["id"]] = _Item(data, State(data["state"]), _last_transition(data))
     return found
 
 
@@ -221,23 +239,10 @@ async def _load_seen(
     wanted = set(pairs)
     ids = sorted({tid for _, tid in wanted})
     seen: dict[tuple[str, str], Disposition] = {}
-    for start in range(0, len(ids), CHUNK):
-        rows = await conn.execute(
-            sa.select(
-                outreach_transitions.c.item_id,
-                outreach_transitions.c.transition_id,
-                outreach_transitions.c.disposition,
-            )
-            .where(
-                outreach_transitions.c.transition_id.in_(ids[start : start + CHUNK]),
-                outreach_transitions.c.tenant_id == tenant_id,
-                outreach_transitions.c.disposition != Disposition.DUPLICATE.value,
-            )
-            .order_by(outreach_transitions.c.seq)
-        )
-        for item_id, tid, disposition in rows:
-            if (item_id, tid) in wanted:
-                seen.setdefault((item_id, tid), Disposition(disposition))
+    for row in await select_in(conn, _SELECT_SEEN, ids, {"tenant_id": tenant_id}):
+        key = (row.item_id, row.transition_id)
+        if key in wanted:
+            seen.setdefault(key, Disposition(row.disposition))
     return seen
 
 
@@ -271,8 +276,9 @@ async def apply_transitions(
                 else ItemState(item.state, item.last, seen.get((t.item_id, t.id)))
             )
             r = resolve(current, t, now)
+        occurred_at = format_timestamp(r.transition.occurred_at)
         results.append(_result(r))
-        log_rows.append(_log_row(r, scope.tenant_id, source, stamp))
+        log_rows.append(_log_row(r, occurred_at, scope.tenant_id, source, stamp))
         if item is None:
             continue
         if r.disposition is not Disposition.DUPLICATE:
@@ -292,7 +298,7 @@ async def apply_transitions(
                 last_transition_id=r.transition.id,
                 last_from_state=r.transition.from_state,
                 last_to_state=r.transition.to_state,
-                last_occurred_at=format_timestamp(r.transition.occurred_at),
+                last_occurred_at=occurred_at,
                 last_device_id=r.transition.device_id,
                 last_role=r.transition.role.value,
             )
@@ -317,7 +323,9 @@ def _result(r: Resolution) -> dict[str, Any]:
     return result
 
 
-def _log_row(r: Resolution, tenant_id: str, source: Source, stamp: str) -> dict[str, Any]:
+def _log_row(
+    r: Resolution, occurred_at: str, tenant_id: str, source: Source, stamp: str
+) -> dict[str, Any]:
     t = r.transition
     return {
         "tenant_id": tenant_id,
@@ -325,7 +333,7 @@ def _log_row(r: Resolution, tenant_id: str, source: Source, stamp: str) -> dict[
         "transition_id": t.id,
         "from_state": t.from_state,
         "to_state": t.to_state,
-        "occurred_at": format_timestamp(t.occurred_at),
+        "occurred_at": occurred_at,
         "received_at": stamp,
         "device_id": t.device_id,
         "actor_id": t.actor_id,
@@ -339,6 +347,15 @@ def _log_row(r: Resolution, tenant_id: str, source: Source, stamp: str) -> dict[
     }
 
 
+def _insert_all(table: sa.Table) -> sa.Insert:
+    """INSERT of every column but the generated ``seq``, bound by column name."""
+    return table.insert().values(
+        {c.name: sa.bindparam(c.name) for c in table.columns if c.name != "seq"}
+    )
+
+
+_INSERT_LOG = _insert_all(outreach_transitions)
+_INSERT_CHANGE = _insert_all(changes)
 _SUPERSEDE = (
     outreach_transitions.update()
     .where(
@@ -360,10 +377,11 @@ _ITEM_COLUMNS = (
     "last_device_id",
     "last_role",
 )
+_ITEM_BINDS = tuple((f"b_{name}", name) for name in _ITEM_COLUMNS)
 _UPDATE_ITEM = (
     outreach_items.update()
     .where(outreach_items.c.id == sa.bindparam("b_id"))
-    .values({name: sa.bindparam(f"b_{name}") for name in _ITEM_COLUMNS})
+    .values({name: sa.bindparam(bind) for bind, name in _ITEM_BINDS})
 )
 
 
@@ -374,17 +392,13 @@ async def _write(
     changed: list[dict[str, Any]],
     stamp: str,
 ) -> None:
-    if log_rows:
-        await conn.execute(outreach_transitions.insert(), log_rows)
+    """The batch's rows, one ``executemany`` per statement."""
+    await execute_many(conn, _INSERT_LOG, log_rows)
     # Supersede after inserting: the loser may have been applied in this batch.
-    if superseded:
-        await conn.execute(_SUPERSEDE, superseded)
-    if changed:
-        await conn.execute(
-            _UPDATE_ITEM,
-            [
-                {"b_id": row["id"], **{f"b_{name}": row[name] for name in _ITEM_COLUMNS}}
-                for row in changed
-            ],
-        )
-        await conn.execute(changes.insert(), [_change_row(row, stamp) for row in changed])
+    await execute_many(conn, _SUPERSEDE, superseded)
+    await execute_many(
+        conn,
+        _UPDATE_ITEM,
+        [{"b_id": row["id"], **{bind: row[name] for bind, name in _ITEM_BINDS}} for row in changed],
+    )
+    await execute_many(conn, _INSERT_CHANGE, [_change_row(row, stamp) for row in changed])
