@@ -11,12 +11,14 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
 
 from edgenode.gateway_client import GatewayClient
 from edgenode.http import EDGE_DB, EDGE_SETTINGS, IN_FLIGHT, NODE_KEY, OUTBOX_WAKE
+from edgenode.outbox import get_state
 from edgenode.reports import generate_report
 from edgenode.resources import devices, encounters, outreach, status
 from edgenode.scheduler import due_periods
@@ -28,7 +30,7 @@ from gateway.middleware import problem_middleware
 from shared.encoding import Limits
 from shared.periods import zone
 from shared.signing import KeyPair
-from shared.values import parse_timestamp
+from shared.values import format_timestamp, parse_timestamp
 
 log = logging.getLogger("edgenode")
 
@@ -63,6 +65,12 @@ def create_app(
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     app[EDGE_DB] = await EdgeDatabase(app[EDGE_SETTINGS].database_path).open()
+    async with app[EDGE_DB].write() as conn:
+        # The node's first start bounds how far the report schedule catches up.
+        await conn.execute(
+            "INSERT OR IGNORE INTO sync_state (key, value) VALUES (?, ?)",
+            ("initialised_at", format_timestamp(app[CLOCK]())),
+        )
     yield
     await app[EDGE_DB].close()
 
@@ -104,6 +112,7 @@ async def _background_loops(app: web.Application) -> AsyncIterator[None]:
         async def schedule() -> float:
             if settings.report_schedule:
                 await generate_due_reports(db, settings, app[NODE_KEY], clock)
+            await purge_idempotency_keys(db, settings, clock)
             return float(settings.schedule_interval_seconds)
 
         tasks = [
@@ -121,11 +130,20 @@ async def _background_loops(app: web.Application) -> AsyncIterator[None]:
 async def generate_due_reports(
     db: EdgeDatabase, settings: EdgeSettings, keypair: KeyPair, clock: Clock
 ) -> int:
+    """Make every due report that does not exist yet; returns how many were made."""
     now = clock()
     tz = zone(settings.time_zone)
+    async with db.read() as conn:
+        started = await get_state(conn, "initialised_at")
+    since = parse_timestamp(started, "initialised_at") if started else None
     created = 0
     for period in due_periods(
-        now, tz, settings.daily_report_after_minutes, settings.weekly_report_weekday
+        now,
+        tz,
+        settings.daily_report_after_minutes,
+        settings.weekly_report_weekday,
+        since,
+        settings.report_catch_up_periods,
     ):
         for facility in settings.facility_ids:
             async with db.write() as conn:
@@ -143,3 +161,12 @@ async def generate_due_reports(
                 created += 1
                 log.info("generated %s report %s for %s", period.type, period.key, facility)
     return created
+
+
+async def purge_idempotency_keys(db: EdgeDatabase, settings: EdgeSettings, clock: Clock) -> int:
+    cutoff = clock() - timedelta(seconds=settings.idempotency_ttl_seconds)
+    async with db.write() as conn:
+        cursor = await conn.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < ?", (format_timestamp(cutoff),)
+        )
+    return cursor.rowcount or 0

@@ -47,6 +47,12 @@ class EdgeSettings:
         0, "Weekday (0 = Monday) from which the previous ISO week's report is made."
     )
     schedule_interval_seconds: int = setting(60, "How often the report schedule is checked.")
+    report_catch_up_periods: int = setting(
+        7, "Missed periods of each type made up after the node was off (not before init)."
+    )
+    idempotency_ttl_seconds: int = setting(
+        86400, "How long a tablet's Idempotency-Key answer is replayed; purged after."
+    )
     max_body_bytes: int = setting(4 * 1024 * 1024, "Largest tablet request body (413).")
     max_push_items: int = setting(5000, "Most records in one tablet push (413).")
     log_level: str = setting("INFO", "Python logging level.")

@@ -81,7 +81,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             device_id TEXT NOT NULL,
             received_at TEXT NOT NULL)""",
             # Covers the report query: a week's range is read from the index alone.
-        """CREATE INDEX IF NOT EXISTS encounters_by_facility_time
+            """CREATE INDEX IF NOT EXISTS encounters_by_facility_time
             ON encounters (facility_id, occurred_at, patient_ref, kind, screening_due,
                            immunization_due)""",
             # Signed reports: append-only, one per facility and period, never regenerated.
