@@ -27,7 +27,7 @@ import nacl.exceptions
 import nacl.signing
 
 from shared.errors import BadSignature, ClockSkew, MissingCredentials, ValidationFailed
-from shared.values import is_identifier
+from shared.values import binary, is_identifier
 
 SCHEME = "PHS-Ed25519"
 SEED_BYTES = 32
@@ -85,19 +85,7 @@ class KeyPair:
 
 def public_key_from(value: Any) -> bytes:
     """A 32-byte Ed25519 public key from raw bytes or standard base64."""
-    if isinstance(value, bytes | bytearray):
-        raw = bytes(value)
-    elif isinstance(value, str):
-        try:
-            raw = base64.b64decode(value.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError) as err:
-            raise ValidationFailed(
-                "publicKey must be 32 bytes or their standard base64", field="publicKey"
-            ) from err
-    else:
-        raise ValidationFailed(
-            "publicKey must be 32 bytes or their standard base64", field="publicKey"
-        )
+    raw = binary(value, "publicKey", max_length=1024)
     if len(raw) != PUBLIC_KEY_BYTES:
         raise ValidationFailed(
             f"publicKey must be {PUBLIC_KEY_BYTES} bytes, not {len(raw)}", field="publicKey"
