@@ -380,6 +380,7 @@ class _Counters:
     requests: int = 0
     resets_mid_request: int = 0
     resets_after_response: int = 0
+    delays: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -511,6 +512,11 @@ class FaultProxy:
         return self._counters.resets_after_response
 
     @property
+    def delays(self) -> int:
+        """Chunks held back by the plan's latency."""
+        return self._counters.delays
+
+    @property
     def bytes_up(self) -> int:
         return self._counters.bytes_up
 
@@ -609,6 +615,7 @@ class FaultProxy:
     ) -> None:
         plan = self._plan
         if plan.latency_probability > 0 and latency.random() < plan.latency_probability:
+            self._counters.delays += 1
             await asyncio.sleep(latency.uniform(*plan.latency))
         if not data:
             return

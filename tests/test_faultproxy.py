@@ -240,6 +240,7 @@ async def test_latency_delays_each_chunk(
     started = time.monotonic()
     await post(session, proxy, b"x")
     baseline = time.monotonic() - started
+    assert proxy.delays == 0
 
     proxy.set_plan(FaultPlan(latency_probability=1.0, latency=(0.1, 0.1)))
     started = time.monotonic()
@@ -247,6 +248,7 @@ async def test_latency_delays_each_chunk(
     delayed = time.monotonic() - started
 
     # at least one chunk up and one down, each held 0.1 s
+    assert proxy.delays >= 2
     assert delayed >= 0.2
     assert delayed - baseline >= 0.15
     assert delayed < 2.0

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.db.database import Database
 from gateway.http import CLOCK, DATABASE, LIMITS, PREFIX, SETTINGS, Clock, system_clock
-from gateway.idempotency import purge_expired
+from gateway.idempotency import WRITES, finish_writes, purge_expired
 from gateway.middleware import problem_middleware
 from gateway.resources import (
     admin_nodes,
@@ -51,6 +51,7 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> web.Applicati
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[CLOCK] = clock
+    app[WRITES] = set()
     app[LIMITS] = Limits(
         max_body_bytes=settings.max_body_bytes,
         max_depth=settings.max_nesting_depth,
@@ -67,6 +68,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await database.migrate()
     app[DATABASE] = database
     yield
+    await finish_writes(app)
     await database.close()
 
 

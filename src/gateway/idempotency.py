@@ -4,10 +4,19 @@
 short transaction (so a concurrent twin sees it in flight), runs the write in
 one transaction, and stores a 2xx answer in that same transaction: a crash
 can never leave a committed write without its replayable answer.
+
+Once begun, a write runs to its end in its own task, whatever becomes of the
+handler: aiohttp cancels a handler whose client went away (with
+``handler_cancellation``, as in ``TestServer``) and any handler still running
+at shutdown. Cut at its claim's commit, a write would leave the key claimed
+but neither completed nor released: every retry would get 409
+``idempotency_in_flight`` until ``idempotency_stale_seconds``, holding back an
+edge node's whole outbox. Finished, the write keeps its answer for the retry.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,6 +57,9 @@ WriteFn = Callable[[AsyncConnection], Awaitable[Reply]]
 
 DONE = "done"
 IN_FLIGHT = "in_flight"
+# Writes still running, kept referenced (a handler cancelled mid-write lets go
+# of its task) and awaited before the store closes.
+WRITES: web.AppKey[set[asyncio.Task[web.Response]]] = web.AppKey("writes")
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,28 @@ async def run_write(
     # Negotiate the answer's type first: a 406 raised after the commit would
     # report as failed a write that happened.
     answer_type(request)
+    task = asyncio.create_task(_run_write(request, principal, body, write))
+    running = request.app[WRITES]
+    running.add(task)
+    task.add_done_callback(running.discard)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)  # a cancelled handler leaves the write running
+
+
+def _retrieve(task: asyncio.Task[web.Response]) -> None:
+    """Mark a write's outcome as seen: when its handler is gone, nobody else will."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def finish_writes(app: web.Application) -> None:
+    """Wait for the writes still running (at shutdown, before the store closes)."""
+    await asyncio.gather(*app[WRITES], return_exceptions=True)
+
+
+async def _run_write(
+    request: web.Request, principal: str, body: bytes, write: WriteFn
+) -> web.Response:
     key = validate_key(request.headers.get("Idempotency-Key"))
     db = database(request)
     if key is None:
