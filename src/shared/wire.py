@@ -7,6 +7,7 @@ gateway's structural checks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ REPORT_FIELDS = frozenset({"deviceId", "payload", "signature"})
 REPORT_ITEM_FIELDS = REPORT_FIELDS | {"kind", "id"}
 BATCH_FIELDS = frozenset({"v", "batchId", "nodeId", "createdAt", "items"})
 FIELD_ROLES = frozenset({Role.WORKER, Role.SUPERVISOR})
+BATCH_TRANSITION_FIELDS = frozenset({"kind"})  # a batch item also names its kind
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,11 @@ def parse_transition(
     """A transition from a field device or edge node (role worker by default)."""
     try:
         doc = mapping(obj, "transition")
-        only_fields(doc, TRANSITION_FIELDS | extra_fields, "transition")
+        only_fields(doc, _transition_fields(extra_fields), "transition")
         role_name = doc.get("role", Role.WORKER.value)
         # Checked as a string first: a list or map is unhashable (a TypeError, a 500).
-        if not isinstance(role_name, str) or role_name not in {r.value for r in roles}:
+        # Role is a StrEnum, so a name is "in" the set of its members.
+        if not isinstance(role_name, str) or role_name not in roles:
             raise ValidationFailed(f"role must be one of {', '.join(sorted(roles))}", field="role")
         seq = doc.get("seq")
         return Transition(
@@ -99,6 +102,11 @@ def parse_transition(
         )
     except ValidationFailed as err:
         raise _at(where, err) from err
+
+
+@functools.cache
+def _transition_fields(extra: frozenset[str]) -> frozenset[str]:
+    return TRANSITION_FIELDS | extra
 
 
 # Both services store seq as a signed 64-bit SQL integer: a larger one would
@@ -149,7 +157,7 @@ def parse_batch(obj: Mapping[str, Any], limits: Limits) -> Batch:
         if not isinstance(kind, str):
             raise ValidationFailed(f"{where}/kind: kind must be a string", path=where)
         if kind == TRANSITION_KIND:
-            parsed.append(parse_transition(raw, where, extra_fields=frozenset({"kind"})))
+            parsed.append(parse_transition(raw, where, extra_fields=BATCH_TRANSITION_FIELDS))
         elif kind == REPORT_KIND:
             parsed.append(parse_report_submission(raw, where))
         else:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -165,18 +166,29 @@ async def execute_many(
         await conn.exec_driver_sql(bulk.sql, [bulk.parameters(row) for row in rows])
 
 
+Picker = Callable[[Mapping[str, Any]], tuple[Any, ...]]
+
+
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
     names: tuple[str, ...]  # bind names, in parameter order when positional
     literals: Mapping[str, Any]  # binds whose value is in the statement
     positional: bool
+    pick: Picker  # a row's values in ``names`` order
 
     def parameters(self, bound: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         values = {**self.literals, **bound} if self.literals else bound
         if self.positional:
-            return tuple([values[name] for name in self.names])
+            return self.pick(values)
         return {name: values[name] for name in self.names}
+
+
+def _picker(names: tuple[str, ...]) -> Picker:
+    if len(names) >= 2:
+        pick: Picker = itemgetter(*names)  # in C: a tuple for two names or more
+        return pick
+    return lambda row: tuple(row[name] for name in names)
 
 
 @functools.lru_cache(maxsize=64)
@@ -185,7 +197,7 @@ def _compiled(statement: Insert | Update | Select[Any], dialect: Dialect) -> _Co
     assert isinstance(compiled, SQLCompiler)
     names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
     literals = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
-    return _Compiled(str(compiled), names, literals, compiled.positional)
+    return _Compiled(str(compiled), names, literals, compiled.positional, _picker(names))
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
