@@ -18,7 +18,7 @@ from typing import Any
 import aiosqlite
 import msgpack
 
-from edgenode.outreach import adopt_gateway_state
+from edgenode.outreach import adopt_gateway_states
 from edgenode.store.database import fetch_all, fetch_one
 from shared.values import format_timestamp
 from shared.wire import REPORT_KIND, TRANSITION_KIND
@@ -164,22 +164,25 @@ async def record_results(
     if [r.get("id") for r in results] != expected:
         raise ResultMismatch(f"batch {batch_id}: answer lists other items than were sent")
     final: dict[str, tuple[str, int]] = {}  # item -> (gateway state, seq of its last record)
+    answers = []
     for row, result in zip(transitions, results, strict=False):
-        await conn.execute(
-            "UPDATE transitions SET gateway_status = ?, gateway_code = ?, gateway_state = ?, "
-            "gateway_at = ? WHERE seq = ?",
-            (result["status"], result.get("code"), result.get("state"), stamp, row[0]),
-        )
+        answers.append((result["status"], result.get("code"), result.get("state"), stamp, row[0]))
         if result.get("state") is not None:
             final[row[2]] = (result["state"], row[0])
-    for item_id, (state, seq) in final.items():
-        await adopt_gateway_state(conn, item_id, state, seq, stamp)
-    for row, result in zip(reports, results[len(transitions) :], strict=True):
-        await conn.execute(
-            "UPDATE reports SET gateway_status = ?, gateway_code = ?, gateway_report_id = ?, "
-            "gateway_at = ? WHERE seq = ?",
-            (result["status"], result.get("code"), result.get("reportId"), stamp, row[0]),
-        )
+    await conn.executemany(
+        "UPDATE transitions SET gateway_status = ?, gateway_code = ?, gateway_state = ?, "
+        "gateway_at = ? WHERE seq = ?",
+        answers,
+    )
+    await adopt_gateway_states(conn, final, stamp)
+    await conn.executemany(
+        "UPDATE reports SET gateway_status = ?, gateway_code = ?, gateway_report_id = ?, "
+        "gateway_at = ? WHERE seq = ?",
+        [
+            (result["status"], result.get("code"), result.get("reportId"), stamp, row[0])
+            for row, result in zip(reports, results[len(transitions) :], strict=True)
+        ],
+    )
     await conn.execute(
         "UPDATE outbox_batches SET stage = ?, finished_at = ?, last_error = NULL "
         "WHERE batch_id = ?",

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from edgenode.store.database import fetch_one
+from edgenode.store.database import fetch_all, fetch_one
 from shared.fsm import Disposition, ItemState, Role, State, Transition, resolve
 from shared.values import format_timestamp, parse_timestamp
 
@@ -96,11 +96,11 @@ async def _load_items(conn: aiosqlite.Connection, ids: Sequence[str]) -> dict[st
     found: dict[str, _Item] = {}
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        cursor = await conn.execute(
+        for row in await fetch_all(
+            conn,
             f"SELECT {', '.join(ITEM_FIELDS)} FROM items WHERE id IN ({_placeholders(len(chunk))})",
             chunk,
-        )
-        for row in await cursor.fetchall():
+        ):
             found[row["id"]] = _Item(dict(row))
     return found
 
@@ -113,12 +113,12 @@ async def _load_seen(
     seen: dict[tuple[str, str], Disposition] = {}
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        cursor = await conn.execute(
+        for item_id, tid, disposition in await fetch_all(
+            conn,
             "SELECT item_id, transition_id, local_disposition FROM transitions "
             f"WHERE transition_id IN ({_placeholders(len(chunk))}) AND forward = 1 ORDER BY seq",
             chunk,
-        )
-        for item_id, tid, disposition in await cursor.fetchall():
+        ):
             if (item_id, tid) in wanted:
                 seen.setdefault((item_id, tid), Disposition(disposition))
     return seen
@@ -151,13 +151,14 @@ async def ingest_transitions(
         results.append(result)
         duplicate = r.disposition is Disposition.DUPLICATE
         rt = r.transition
+        occurred_at = format_timestamp(rt.occurred_at)
         log_rows.append(
             (
                 rt.id,
                 rt.item_id,
                 rt.from_state,
                 rt.to_state,
-                format_timestamp(rt.occurred_at),
+                occurred_at,
                 rt.device_id,
                 rt.actor_id,
                 rt.role.value,
@@ -178,7 +179,7 @@ async def ingest_transitions(
                 last_transition_id=rt.id,
                 last_from_state=rt.from_state,
                 last_to_state=rt.to_state,
-                last_occurred_at=format_timestamp(rt.occurred_at),
+                last_occurred_at=occurred_at,
                 last_device_id=rt.device_id,
                 last_role=rt.role.value,
                 local_seq=next_seq,
@@ -251,18 +252,42 @@ _FORGET_LAST = (
 )
 
 
-async def adopt_gateway_state(
-    conn: aiosqlite.Connection, item_id: str, state: str, after_seq: int, stamp: str
-) -> bool:
-    """Overwrite the local state with the gateway's; False when it must wait."""
-    if await _has_newer_local_move(conn, item_id, after_seq):
-        return False
-    cursor = await conn.execute(
-        f"UPDATE items SET state = ?, local_seq = ?, updated_at = ?, {_FORGET_LAST} "
-        "WHERE id = ? AND state != ?",
-        (state, await _next_local_seq(conn), stamp, item_id, state),
+async def adopt_gateway_states(
+    conn: aiosqlite.Connection, final: Mapping[str, tuple[str, int]], stamp: str
+) -> int:
+    """Overwrite local states with the gateway's: ``final`` maps an item to the
+    gateway's state and the seq of the item's last record it answered. An item
+    with a newer local move still unanswered waits (that move's answer settles
+    it). A few statements per batch, not a few per item; returns how many
+    items changed."""
+    ids = list(final)
+    waiting: dict[str, int] = {}  # item -> seq of its newest unanswered local move
+    states: dict[str, str] = {}
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        marks = _placeholders(len(chunk))
+        rows = await fetch_all(
+            conn,
+            "SELECT item_id, max(seq) FROM transitions WHERE item_id IN "
+            f"({marks}) AND forward = 1 AND gateway_status IS NULL "
+            "AND local_disposition = 'applied' GROUP BY item_id",
+            chunk,
+        )
+        waiting.update({row[0]: row[1] for row in rows})
+        rows = await fetch_all(conn, f"SELECT id, state FROM items WHERE id IN ({marks})", chunk)
+        states.update({row[0]: row[1] for row in rows})
+    next_seq = await _next_local_seq(conn)
+    updates = []
+    for item_id, (state, after_seq) in final.items():
+        if waiting.get(item_id, -1) > after_seq or states.get(item_id, state) == state:
+            continue
+        updates.append((state, next_seq, stamp, item_id))
+        next_seq += 1
+    await conn.executemany(
+        f"UPDATE items SET state = ?, local_seq = ?, updated_at = ?, {_FORGET_LAST} WHERE id = ?",
+        updates,
     )
-    return (cursor.rowcount or 0) > 0
+    return len(updates)
 
 
 async def apply_changes(

@@ -89,7 +89,7 @@ class Forwarder:
         """Send open batches, oldest first, until the outbox is empty or a send fails."""
         summary = ForwardSummary()
         while True:
-            async with self._db.write() as conn:
+            async with self._db.write(urgent=True) as conn:
                 batch = await oldest_open_batch(conn) or await build_batch(
                     conn,
                     self._client.node_id,
@@ -120,7 +120,7 @@ class Forwarder:
                 answer.document.get("results", []) if isinstance(answer.document, dict) else []
             )
             try:
-                async with self._db.write() as conn:
+                async with self._db.write(urgent=True) as conn:
                     await record_results(conn, batch.batch_id, results, self._clock())
             except (ResultMismatch, KeyError, TypeError) as err:
                 await self._retry(batch, f"unusable answer: {err}", summary)
@@ -139,7 +139,7 @@ class Forwarder:
         # records is split until the refused record is alone; that one is kept
         # as a problem, and the records behind it go.
         log.warning("gateway refused batch %s: %s %s", batch.batch_id, code, detail)
-        async with self._db.write() as conn:
+        async with self._db.write(urgent=True) as conn:
             if batch.item_count > 1:
                 await split_refused(
                     conn, batch.batch_id, batch.item_count, code, detail, self._clock()
@@ -152,7 +152,7 @@ class Forwarder:
 
     async def _retry(self, batch: OpenBatch, error: str, summary: ForwardSummary) -> None:
         when = self._clock() + self.backoff(batch.attempts)
-        async with self._db.write() as conn:
+        async with self._db.write(urgent=True) as conn:
             await record_retry(conn, batch.batch_id, error, when)
         summary.error = error
         summary.waiting_until = format_timestamp(when)

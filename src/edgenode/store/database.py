@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -36,12 +37,49 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
+class WriteLock:
+    """The writer connection's lock: first come, first served, except that an
+    urgent waiter goes before every ordinary one.
+
+    The forwarder's writes are urgent: with dozens of tablets queued on a
+    plain FIFO lock it would get one turn in dozens and the outbox would grow
+    for as long as they keep pushing. Its transactions are short (one batch).
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
+
+    async def acquire(self, urgent: bool = False) -> None:
+        if not self._held:  # free: nobody waits (release hands it on while anyone does)
+            self._held = True
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._waiters[0 if urgent else 1].append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if not granted.cancelled():  # handed the lock as we were cancelled: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Hand the lock to the next waiter (it stays held), or free it."""
+        for queue in self._waiters:
+            while queue:
+                granted = queue.popleft()
+                if not granted.done():  # a cancelled waiter is skipped
+                    granted.set_result(None)
+                    return
+        self._held = False
+
+
 class EdgeDatabase:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._lock = WriteLock()
         self._read_lock = asyncio.Lock()  # one snapshot at a time on the reader
 
     async def open(self) -> EdgeDatabase:
@@ -58,10 +96,12 @@ class EdgeDatabase:
         self._reader = self._writer = None
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction: committed on exit, rolled back on error."""
+    async def write(self, urgent: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction: committed on exit, rolled back on error.
+        ``urgent``: ahead of the writers already waiting (see ``WriteLock``)."""
         assert self._writer is not None, "database not open"
-        async with self._lock:
+        await self._lock.acquire(urgent)
+        try:
             await self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
@@ -69,6 +109,8 @@ class EdgeDatabase:
                 await self._writer.execute("ROLLBACK")
                 raise
             await self._writer.execute("COMMIT")
+        finally:
+            self._lock.release()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -110,15 +152,19 @@ class EdgeDatabase:
                 )
 
 
+# One trip to the connection's thread per query (execute and fetch together):
+# each trip waits for the event loop, and writes wait inside the write lock.
+
+
 async def fetch_all(
     conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()
 ) -> list[sqlite3.Row]:
-    cursor = await conn.execute(sql, params)
-    return list(await cursor.fetchall())
+    return list(await conn.execute_fetchall(sql, params))
 
 
 async def fetch_one(
     conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()
 ) -> sqlite3.Row | None:
-    cursor = await conn.execute(sql, params)
-    return await cursor.fetchone()
+    """The first row of a query that answers at most a few (all are fetched)."""
+    rows = await fetch_all(conn, sql, params)
+    return rows[0] if rows else None

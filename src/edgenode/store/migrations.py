@@ -127,4 +127,15 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             PRIMARY KEY (principal, key))""",
         ),
     ),
+    (
+        2,
+        "indexes for answers and changes applied per item",
+        (
+            # A gateway answer or change for an item asks whether a newer local
+            # move of it is still unanswered: without this, a scan of the log per item.
+            "CREATE INDEX IF NOT EXISTS transitions_by_item ON transitions (item_id, seq)",
+            # The next local_seq is max(local_seq) + 1: without this, a scan of the items.
+            "CREATE INDEX IF NOT EXISTS items_by_local_seq ON items (local_seq)",
+        ),
+    ),
 )
