@@ -101,8 +101,8 @@ class Transition:
     @property
     def edge(self) -> tuple[State, State] | None:
         try:
-            return State(self.from_state), State(self.to_state)
-        except ValueError:
+            return _EDGE_OF.get((self.from_state, self.to_state))
+        except TypeError:  # not a string (e.g. unhashable): not a state either
             return None
 
     def lww_key(self) -> tuple[datetime, str, str]:
@@ -141,8 +141,17 @@ class Resolution:
         return self.disposition is Disposition.APPLIED
 
 
+#: Every (from, to) pair of state names, mapped to its State pair: Transition.edge
+#: runs for every transition, and State(name) costs far more than a dict lookup.
+#: StrEnum members hash and compare as their names, so a State is found too.
+_EDGE_OF: dict[tuple[str, str], tuple[State, State]] = {
+    (a.value, b.value): (a, b) for a in State for b in State
+}
+_NO_ROLES: frozenset[Role] = frozenset()
+
+
 def is_allowed(edge: tuple[State, State], role: Role) -> bool:
-    return role in ALLOWED.get(edge, frozenset())
+    return role in _TRANSITIONS.get(edge, _NO_ROLES)
 
 
 def clamp(transition: Transition, now: datetime) -> tuple[Transition, bool]:
@@ -157,33 +166,28 @@ def resolve(current: ItemState | None, incoming: Transition, now: datetime) -> R
 
     ``current`` is None for an unknown item (rule 1).
     """
-    t, adjusted = clamp(incoming, now)
-
-    def outcome(
-        disposition: Disposition,
-        code: ItemCode | None,
-        state: State | None,
-        superseded: Transition | None = None,
-    ) -> Resolution:
-        return Resolution(disposition, code, state, t, adjusted, superseded=superseded)
+    # clamp() inlined: this runs for every incoming transition.
+    if incoming.occurred_at > now + FUTURE_TOLERANCE:
+        t, adjusted = replace(incoming, occurred_at=now), True
+    else:
+        t, adjusted = incoming, False
 
     if current is None:  # rule 1
-        return outcome(Disposition.REJECTED, ItemCode.UNKNOWN_ITEM, None)
+        return Resolution(Disposition.REJECTED, ItemCode.UNKNOWN_ITEM, None, t, adjusted)
+    state = current.state
     if current.seen is not None:  # rule 2
-        return Resolution(
-            Disposition.DUPLICATE, None, current.state, t, adjusted, recorded=current.seen
-        )
+        return Resolution(Disposition.DUPLICATE, None, state, t, adjusted, recorded=current.seen)
     edge = t.edge
-    if edge is None or not is_allowed(edge, t.role):  # rule 3
-        return outcome(Disposition.REJECTED, ItemCode.FSM_INVALID_TRANSITION, current.state)
-    if current.state == edge[0]:  # rule 4
-        return outcome(Disposition.APPLIED, None, edge[1])
+    if edge is None or t.role not in _TRANSITIONS.get(edge, _NO_ROLES):  # rule 3
+        return Resolution(Disposition.REJECTED, ItemCode.FSM_INVALID_TRANSITION, state, t, adjusted)
+    if state == edge[0]:  # rule 4
+        return Resolution(Disposition.APPLIED, None, edge[1], t, adjusted)
     last = current.last
     if last is not None and last.from_state == t.from_state and last.edge not in SERVER_ONLY:
         # rule 5: t and last are concurrent siblings; last write wins.
         if t.lww_key() > last.lww_key():
-            return outcome(Disposition.APPLIED, None, edge[1], superseded=last)
-        return outcome(Disposition.NOOP, ItemCode.SUPERSEDED_BY_NEWER, current.state)
-    if RANK[current.state] >= RANK[edge[1]]:  # rule 6: already past it
-        return outcome(Disposition.NOOP, ItemCode.SERVER_ADVANCED, current.state)
-    return outcome(Disposition.REJECTED, ItemCode.FSM_GAP, current.state)  # rule 7
+            return Resolution(Disposition.APPLIED, None, edge[1], t, adjusted, superseded=last)
+        return Resolution(Disposition.NOOP, ItemCode.SUPERSEDED_BY_NEWER, state, t, adjusted)
+    if RANK[state] >= RANK[edge[1]]:  # rule 6: already past it
+        return Resolution(Disposition.NOOP, ItemCode.SERVER_ADVANCED, state, t, adjusted)
+    return Resolution(Disposition.REJECTED, ItemCode.FSM_GAP, state, t, adjusted)  # rule 7
