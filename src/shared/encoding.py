@@ -217,6 +217,53 @@ def _decode_msgpack(body: bytes) -> Any:
         raise MalformedBody("msgpack body is nested too deeply") from err
 
 
+# Leaves that need no check (exact types: a subclass goes to the full walk).
+_PLAIN_LEAVES = frozenset({int, bool, type(None), bytes})
+
+
+def _is_clean(obj: Any, max_depth: int, check_surrogates: bool) -> bool:
+    """True when ``_check_tree`` would find nothing to refuse: the usual case.
+
+    One pass that looks at each container once and tests its children by exact
+    type, without a stack entry per leaf. It may visit nodes in any order, so
+    when it finds something it only answers False, and ``_check_tree`` (which
+    visits in its own order) words the refusal.
+    """
+    if type(obj) is not dict and type(obj) is not list:
+        return False  # a scalar body: rare, leave it to the full walk
+    if max_depth < 1:
+        return False
+    search = _SURROGATE_RE.search
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is dict:
+            if check_surrogates:
+                for key in node:
+                    if search(key):
+                        return False
+            children: Any = node.values()
+        else:
+            children = node
+        for child in children:
+            kind = type(child)
+            if kind is str:
+                if check_surrogates and search(child):
+                    return False
+            elif kind in _PLAIN_LEAVES:
+                continue
+            elif kind is dict or kind is list:
+                if depth >= max_depth:
+                    return False
+                stack.append((child, depth + 1))
+            elif kind is float:
+                if not math.isfinite(child):
+                    return False
+            else:
+                return False  # Timestamp, subclasses, anything unexpected
+    return True
+
+
 def _check_tree(obj: Any, max_depth: int, check_surrogates: bool) -> None:
     """Depth, key types, finite floats and no ext leftovers — iteratively.
 
@@ -266,7 +313,9 @@ def decode_body(body: bytes, media_type: str, limits: Limits) -> Any:
         raise MalformedBody("body is empty")
     codec = _codec(media_type)
     value = _DECODERS[codec](body)
-    _check_tree(value, limits.max_depth, check_surrogates=codec == JSON)
+    check_surrogates = codec == JSON
+    if not _is_clean(value, limits.max_depth, check_surrogates):
+        _check_tree(value, limits.max_depth, check_surrogates)
     return value
 
 
