@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 import sqlalchemy as sa
 from aiohttp import web
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.database import Database
@@ -132,7 +133,22 @@ async def _claim(request: web.Request, db: Database, claim: _Claim) -> web.Respo
     where = sa.and_(
         idempotency_keys.c.principal == claim.principal, idempotency_keys.c.key == claim.key
     )
+    ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
+    claimed = {
+        "principal": claim.principal,
+        "key": claim.key,
+        "fingerprint": claim.fingerprint,
+        "state": IN_FLIGHT,
+        "claimed_at": stamp,
+        "expires_at": format_timestamp(moment + ttl),
+    }
     async with db.write() as conn:
+        # Usually the key is new: one INSERT that skips an existing row claims
+        # it, instead of a SELECT and then an INSERT. Only when a row is there
+        # is it read, exactly as before.
+        fresh = _INSERT_IF_NEW.get(conn.dialect.name)
+        if fresh is not None and (await conn.execute(fresh, claimed)).rowcount == 1:
+            return None
         row = (await conn.execute(sa.select(idempotency_keys).where(where))).first()
         if row is not None:
             expired = row.state == DONE and row.expires_at <= stamp
@@ -149,18 +165,18 @@ async def _claim(request: web.Request, db: Database, claim: _Claim) -> web.Respo
                 document = msgpack.unpackb(row.reply, raw=False)
                 return respond(request, row.status_code, document, {"Idempotent-Replayed": "true"})
             await conn.execute(idempotency_keys.delete().where(where))
-        ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
-        await conn.execute(
-            idempotency_keys.insert().values(
-                principal=claim.principal,
-                key=claim.key,
-                fingerprint=claim.fingerprint,
-                state=IN_FLIGHT,
-                claimed_at=stamp,
-                expires_at=format_timestamp(moment + ttl),
-            )
-        )
+        await conn.execute(idempotency_keys.insert().values(**claimed))
     return None
+
+
+_KEY_COLUMNS = [idempotency_keys.c.principal, idempotency_keys.c.key]
+# INSERT … ON CONFLICT (principal, key) DO NOTHING, for the dialects that have it.
+_INSERT_IF_NEW: dict[str, sa.Insert] = {
+    "sqlite": sqlite.insert(idempotency_keys).on_conflict_do_nothing(index_elements=_KEY_COLUMNS),
+    "postgresql": postgresql.insert(idempotency_keys).on_conflict_do_nothing(
+        index_elements=_KEY_COLUMNS
+    ),
+}
 
 
 async def _complete(conn: AsyncConnection, claim: _Claim, reply: Reply, moment: datetime) -> None:
