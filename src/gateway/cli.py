@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -131,6 +132,20 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Database], Awaitable[None]]] =
 }
 
 
+async def _freeze_startup_objects(_app: web.Application) -> None:
+    """Move everything alive after startup out of the garbage collector's sight.
+
+    Modules, the SQLAlchemy schema and dialect, compiled statements and the
+    app itself live until the process ends, yet every full collection walked
+    them all again: about 1.7 ms a batch of 500 in the ingest benchmark.
+    ``gc.freeze`` puts them in a permanent generation that collections skip.
+    Nothing changes for objects made later; a cycle among the frozen ones is
+    simply never freed, and they were never going to be.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -140,8 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         logging.getLogger("alembic").setLevel(logging.WARNING)  # no schema chatter per command
         if args.command == "serve":
+            app = create_app(settings)
+            app.on_startup.append(_freeze_startup_objects)  # after the store is open
             web.run_app(
-                create_app(settings),
+                app,
                 host=settings.host,
                 port=settings.port,
                 print=lambda msg: print(msg, flush=True),
