@@ -137,10 +137,12 @@ async def _freeze_startup_objects(_app: web.Application) -> None:
 
     Modules, the SQLAlchemy schema and dialect, compiled statements and the
     app itself live until the process ends, yet every full collection walked
-    them all again: about 1.7 ms a batch of 500 in the ingest benchmark.
+    them all again (the collector as a whole cost about 1.7 ms a batch of 500
+    in the ingest benchmark, docs/performance.md).
     ``gc.freeze`` puts them in a permanent generation that collections skip.
-    Nothing changes for objects made later; a cycle among the frozen ones is
-    simply never freed, and they were never going to be.
+    Nothing changes for objects made later. A frozen object that becomes
+    garbage is still freed by reference counting, but a frozen cycle is never
+    collected: acceptable for what exists at startup.
     """
     gc.collect()
     gc.freeze()
