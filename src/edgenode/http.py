@@ -79,7 +79,7 @@ async def run_write(
     async with db.read() as conn:
         stored = await _stored_reply(conn, principal, key)
     if stored is not None:
-        return _replay(request, stored, fingerprint)
+        return replay(request, stored, fingerprint)
     in_flight = request.app[IN_FLIGHT]
     if (principal, key) in in_flight:
         raise IdempotencyInFlight("the first request with this key is still running")
@@ -90,7 +90,7 @@ async def run_write(
             # read and now (it is no longer in flight, and its answer is stored).
             stored = await _stored_reply(conn, principal, key)
             if stored is not None:
-                return _replay(request, stored, fingerprint)
+                return replay(request, stored, fingerprint)
             status, document = await write(conn)
             if 200 <= status < 300:
                 await conn.execute(
@@ -120,7 +120,7 @@ async def _stored_reply(conn: aiosqlite.Connection, principal: str, key: str) ->
     )
 
 
-def _replay(request: web.Request, stored: sqlite3.Row, fingerprint: str) -> web.Response:
+def replay(request: web.Request, stored: sqlite3.Row, fingerprint: str) -> web.Response:
     """The stored answer of an earlier success with this key (CONTRACT section 4)."""
     if stored["fingerprint"] != fingerprint:
         raise IdempotencyKeyMismatch("this Idempotency-Key was used for another request")

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from edgenode.gateway_client import GatewayClient
 from edgenode.http import EDGE_DB, EDGE_SETTINGS, IN_FLIGHT, NODE_KEY, OUTBOX_WAKE
+from edgenode.intake import OUTREACH_INTAKE, OutreachIntake
 from edgenode.outbox import get_state
 from edgenode.reports import generate_report
 from edgenode.resources import devices, encounters, outreach, status
@@ -65,6 +66,9 @@ def create_app(
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     app[EDGE_DB] = await EdgeDatabase(app[EDGE_SETTINGS].database_path).open()
+    app[OUTREACH_INTAKE] = OutreachIntake(
+        app[EDGE_DB], app[CLOCK], app[IN_FLIGHT], app[EDGE_SETTINGS].max_push_items
+    )
     async with app[EDGE_DB].write() as conn:
         # The node's first start bounds how far the report schedule catches up.
         await conn.execute(

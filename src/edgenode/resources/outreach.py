@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import aiosqlite
 from aiohttp import web
 
-from edgenode.http import authenticate_device, edge_db, edge_settings, run_write
-from edgenode.outreach import ingest_transitions, items_since
-from gateway.http import CLOCK, decode_document, query_int, read_body, respond
+from edgenode.http import OUTBOX_WAKE, authenticate_device, edge_db, edge_settings, replay
+from edgenode.intake import OUTREACH_INTAKE
+from edgenode.outreach import items_since
+from gateway.http import decode_document, path_with_query, query_int, read_body, respond
 from shared.errors import BadCursor, BatchTooLarge, OutOfScope, ValidationFailed
+from shared.idempotency import request_fingerprint, validate_key
 from shared.values import only_fields, required
 from shared.wire import parse_transition
 
@@ -28,11 +29,17 @@ async def push(request: web.Request) -> web.Response:
         if t.device_id != device_id:
             raise OutOfScope(f"transition {t.id} names device {t.device_id}, not the signer")
 
-    async def write(conn: aiosqlite.Connection) -> tuple[int, object]:
-        results = await ingest_transitions(conn, transitions, request.app[CLOCK]())
-        return 200, {"results": results}
-
-    return await run_write(request, f"device:{device_id}", body, write)
+    # Written together with the pushes queued beside it (edgenode.intake);
+    # Idempotency-Key as in run_write.
+    key = validate_key(request.headers.get("Idempotency-Key"))
+    fingerprint = request_fingerprint(request.method, path_with_query(request), body)
+    answer = await request.app[OUTREACH_INTAKE].submit(
+        f"device:{device_id}", key, fingerprint, transitions
+    )
+    if answer.stored is not None:
+        return replay(request, answer.stored, fingerprint)
+    request.app[OUTBOX_WAKE].set()
+    return respond(request, answer.status, answer.document)
 
 
 async def list_items(request: web.Request) -> web.Response:
