@@ -3,6 +3,8 @@
 The vectors live in the ``shared/`` folder that sits next to this repository
 (``../shared/vectors/`` from the repo root), both in a work tree and in CI, so
 the gateway and edge tests check the same worked cases as every other tier.
+A versioned copy sits in ``tests/vector_files/`` for a clone without
+``shared/`` beside it; ``test_vector_copies_match`` keeps it identical.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 VECTORS_DIR = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+COPIES_DIR = Path(__file__).resolve().parent / "vector_files"
 
 
 def load_vector(name: str) -> Any:
@@ -24,9 +27,12 @@ def load_vector(name: str) -> Any:
     """
     path = VECTORS_DIR / name
     if not path.is_file():
+        path = COPIES_DIR / name
+    if not path.is_file():
         pytest.fail(
             f"test vector {name!r} not found at {path}: the shared/ folder must sit "
-            "next to the repository (../shared/vectors/ from the repo root)",
+            "next to the repository (../shared/vectors/ from the repo root) or be copied "
+            "into tests/vector_files/",
             pytrace=False,
         )
     with path.open(encoding="utf-8") as file:
