@@ -54,12 +54,12 @@ from chaos_support import (
     wait_for_items,
 )
 
-ITEMS = 400
+ITEMS = 800  # enough pushes that at least MIN_KILLS lives find work outstanding
 PUSH_SIZE = 20  # transitions per tablet push
 BATCH_MAX_ITEMS = 20  # small batches: a kill lands between and inside them
 MIN_KILLS = 20  # kills that find forwarding work outstanding
-MAX_CYCLES = 80
-TIME_LIMIT = 100.0  # seconds for the kill loop
+MAX_CYCLES = 140
+TIME_LIMIT = 150.0  # seconds for the kill loop
 KILL_WINDOW = 0.08  # seconds after a life's first push within which the kill comes
 STARTUP_KILLS = 0.1  # share of lives killed while still starting
 
