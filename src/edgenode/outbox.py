@@ -27,6 +27,7 @@ PENDING = "pending"  # persisted, not yet answered
 DONE = "done"  # answered 200; results applied
 REFUSED = "refused"  # one record answered with a permanent 4xx: that record is a problem
 SPLIT = "split"  # several records refused as a whole: they were queued again, in halves
+WITHDRAWN = "withdrawn"  # never sent, behind a split batch: its records were queued again
 BATCH_LIMIT = "batch_limit"  # sync_state: the smaller batch size while a refusal is isolated
 BATCH_OVERHEAD = 512  # bytes of the batch envelope around the items
 
@@ -133,12 +134,16 @@ async def build_batch(
     return OpenBatch(batch_id, body, len(items), 0, stamp)
 
 
-async def oldest_open_batch(conn: aiosqlite.Connection) -> OpenBatch | None:
+async def oldest_open_batch(
+    conn: aiosqlite.Connection, after: str | None = None
+) -> OpenBatch | None:
+    """The next batch to send; ``after``: the next one persisted after that batch."""
     row = await fetch_one(
         conn,
         "SELECT batch_id, body, item_count, attempts, next_attempt_at FROM outbox_batches "
-        "WHERE stage = ? ORDER BY seq LIMIT 1",
-        (PENDING,),
+        "WHERE stage = ? AND seq > coalesce((SELECT seq FROM outbox_batches "
+        "WHERE batch_id = ?), 0) ORDER BY seq LIMIT 1",
+        (PENDING, after),
     )
     if row is None:
         return None
@@ -216,14 +221,38 @@ async def split_refused(
     order, to be sent in batches of half the size: the bad record ends up
     alone in a refused batch (``record_refused``), and every other one is
     delivered. The batch row stays, with its reason, for the record.
+
+    Batches persisted after it (the forwarder builds the next batch while
+    one is on its way) were never sent, as a batch goes only once the one
+    before it is accepted: they are withdrawn, so their records queue again
+    behind these, in order.
     """
+    stamp = format_timestamp(now)
+    later = (
+        "SELECT batch_id FROM outbox_batches WHERE stage = ? AND seq > "
+        "(SELECT seq FROM outbox_batches WHERE batch_id = ?)"
+    )
+    for table in ("transitions", "reports"):
+        await conn.execute(
+            f"UPDATE {table} SET batch_id = NULL WHERE batch_id = ? OR batch_id IN ({later})",
+            (batch_id, PENDING, batch_id),
+        )
+    await conn.execute(
+        f"UPDATE outbox_batches SET stage = ?, last_error = ?, finished_at = ? "
+        f"WHERE batch_id IN ({later})",
+        (
+            WITHDRAWN,
+            f"withdrawn unsent: batch {batch_id} before it was split",
+            stamp,
+            PENDING,
+            batch_id,
+        ),
+    )
     await conn.execute(
         "UPDATE outbox_batches SET stage = ?, attempts = attempts + 1, last_error = ?, "
         "finished_at = ? WHERE batch_id = ?",
-        (SPLIT, f"{code}: {detail}"[:1000], format_timestamp(now), batch_id),
+        (SPLIT, f"{code}: {detail}"[:1000], stamp, batch_id),
     )
-    await conn.execute("UPDATE transitions SET batch_id = NULL WHERE batch_id = ?", (batch_id,))
-    await conn.execute("UPDATE reports SET batch_id = NULL WHERE batch_id = ?", (batch_id,))
     await set_state(conn, BATCH_LIMIT, str(max(1, item_count // 2)))
 
 

@@ -7,6 +7,8 @@ the HTTP client come from outside, so tests control time and failure.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -86,51 +88,96 @@ class Forwarder:
         return timedelta(seconds=max(0.2, self._rng.uniform(0, cap)))
 
     async def forward_once(self, ignore_schedule: bool = False) -> ForwardSummary:
-        """Send open batches, oldest first, until the outbox is empty or a send fails."""
-        summary = ForwardSummary()
-        while True:
-            async with self._db.write(urgent=True) as conn:
-                batch = await oldest_open_batch(conn) or await build_batch(
-                    conn,
-                    self._client.node_id,
-                    self._clock(),
-                    await batch_limit(conn, self._settings.batch_max_items),
-                    self._settings.batch_max_bytes,
-                )
-                if batch is None:  # drained: the next records start at full size
-                    await clear_state(conn, BATCH_LIMIT)
-            if batch is None:
-                return summary
-            due = batch.next_attempt_at
-            if not ignore_schedule and due and parse_timestamp(due, "due") > self._clock():
-                summary.waiting_until = due
-                return summary
-            if not await self._send(batch, summary):
-                return summary
+        """Send open batches, oldest first, until the outbox is empty or a send fails.
 
-    async def _send(self, batch: OpenBatch, summary: ForwardSummary) -> bool:
+        A batch is sent only once the one before it was accepted, so the
+        gateway sees each item's records in order. Once batches flow, while
+        one is on its way the next is built (persisted, not sent) and the
+        answer to the one before is stored. Answers are stored in order; a batch whose
+        answer is not stored yet stays open (after a crash it is sent again,
+        and the gateway replays its answer).
+        """
+        summary = ForwardSummary()
+        storing: asyncio.Task[bool] | None = None  # the last accepted batch's answer
+        sending: asyncio.Task[GatewayAnswer | None] | None = None
+        batch = await self._next_batch(None)
         try:
-            answer = await self._client.post_batch_body(batch.batch_id, batch.body)
+            while batch is not None:
+                due = batch.next_attempt_at
+                if not ignore_schedule and due and parse_timestamp(due, "due") > self._clock():
+                    summary.waiting_until = due
+                    return summary
+                sending = asyncio.create_task(self._post(batch, summary))
+                # Built ahead once batches flow (not while the gateway may be down).
+                following = await self._next_batch(batch.batch_id) if storing else None
+                answer, sending = await sending, None
+                if storing is not None:
+                    stored, storing = await storing, None
+                    if not stored:  # kept open for a retry: stop, as after a failed send
+                        return summary
+                if answer is None:
+                    return summary
+                if answer.status == 200:
+                    storing = asyncio.create_task(self._store(batch, answer, summary))
+                    batch = following or await self._next_batch(batch.batch_id)
+                elif await self._not_accepted(batch, answer, summary):
+                    batch = await self._next_batch(None)
+                else:
+                    return summary
+            return summary
+        finally:
+            if sending is not None:  # stopped mid-send: the batch stays open, sent again later
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sending
+            if storing is not None:
+                await storing
+
+    async def _next_batch(self, after: str | None) -> OpenBatch | None:
+        """The oldest open batch (after ``after``), else a new one from the queue."""
+        async with self._db.write(urgent=True) as conn:
+            batch = await oldest_open_batch(conn, after) or await build_batch(
+                conn,
+                self._client.node_id,
+                self._clock(),
+                await batch_limit(conn, self._settings.batch_max_items),
+                self._settings.batch_max_bytes,
+            )
+            if batch is None:  # drained: the next records start at full size
+                await clear_state(conn, BATCH_LIMIT)
+        return batch
+
+    async def _post(self, batch: OpenBatch, summary: ForwardSummary) -> GatewayAnswer | None:
+        """The gateway's answer; None when it was not reached (a retry is scheduled)."""
+        try:
+            return await self._client.post_batch_body(batch.batch_id, batch.body)
         except GatewayUnreachable as err:
             summary.unreachable = True
             await self._retry(batch, str(err), summary)
+            return None
+
+    async def _store(
+        self, batch: OpenBatch, answer: GatewayAnswer, summary: ForwardSummary
+    ) -> bool:
+        """Apply a 200 answer's per-item results; False: unusable, retried later."""
+        results = answer.document.get("results", []) if isinstance(answer.document, dict) else []
+        try:
+            async with self._db.write(urgent=True) as conn:
+                await record_results(conn, batch.batch_id, results, self._clock())
+        except (ResultMismatch, KeyError, TypeError) as err:
+            await self._retry(batch, f"unusable answer: {err}", summary)
             return False
-        if answer.status == 200:
-            results = (
-                answer.document.get("results", []) if isinstance(answer.document, dict) else []
-            )
-            try:
-                async with self._db.write(urgent=True) as conn:
-                    await record_results(conn, batch.batch_id, results, self._clock())
-            except (ResultMismatch, KeyError, TypeError) as err:
-                await self._retry(batch, f"unusable answer: {err}", summary)
-                return False
-            summary.batches_sent += 1
-            summary.items_sent += batch.item_count
-            for result in results:
-                status = str(result.get("status"))
-                summary.statuses[status] = summary.statuses.get(status, 0) + 1
-            return True
+        summary.batches_sent += 1
+        summary.items_sent += batch.item_count
+        for result in results:
+            status = str(result.get("status"))
+            summary.statuses[status] = summary.statuses.get(status, 0) + 1
+        return True
+
+    async def _not_accepted(
+        self, batch: OpenBatch, answer: GatewayAnswer, summary: ForwardSummary
+    ) -> bool:
+        """A refusal: True when the outbox can go on (the batch was settled)."""
         code, detail = _problem(answer)
         if answer.status >= 500 or answer.status in RETRY_STATUSES:
             await self._retry(batch, f"HTTP {answer.status} {code}: {detail}", summary)
