@@ -4,11 +4,15 @@ the indexes that keep per-item queries off full scans."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from edgenode.outreach import apply_changes, ingest_transitions
 from edgenode.store.database import EdgeDatabase, WriteLock, fetch_all
+from shared.wire import parse_transition
 
 
 async def _take(lock: WriteLock, name: str, order: list[str], urgent: bool = False) -> None:
@@ -92,15 +96,10 @@ async def test_writes_and_an_urgent_write_all_commit(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("query", "index"),
     [
-        # An answer or change for one item looks for its unanswered local moves.
+        # Answers and changes look for their items' unanswered local moves.
         (
             "SELECT item_id, max(seq) FROM transitions WHERE item_id IN (?, ?) AND forward = 1 "
             "AND gateway_status IS NULL AND local_disposition = 'applied' GROUP BY item_id",
-            "transitions_by_item",
-        ),
-        (
-            "SELECT 1 FROM transitions WHERE item_id = ? AND seq > ? AND forward = 1 "
-            "AND gateway_status IS NULL AND local_disposition = 'applied' LIMIT 1",
             "transitions_by_item",
         ),
         # The next local_seq, asked on every push and every adopted state.
@@ -118,3 +117,63 @@ async def test_per_item_queries_use_an_index(tmp_path: Path, query: str, index: 
         await db.close()
     details = " ".join(str(row[3]) for row in plan)
     assert index in details, details
+
+
+async def test_a_page_of_changes_applies_in_order(tmp_path: Path) -> None:
+    """Upserts batched between deletes: an item deleted and sent again comes
+    back; an item with a local move on its way keeps its state and ``last``;
+    every upsert takes the next local_seq, in feed order."""
+    db = await EdgeDatabase(tmp_path / "edge.db").open()
+    now = datetime(2026, 11, 25, 11, tzinfo=UTC)
+
+    def upsert(item: str, state: str) -> dict[str, Any]:
+        data = {"id": item, "facilityId": "f-001", "state": state, "version": 1}
+        return {"aggregate": "outreach_item", "op": "upsert", "data": data}
+
+    try:
+        async with db.write() as conn:
+            await apply_changes(conn, [upsert("a", "assigned"), upsert("b", "assigned")], now)
+            moves = [
+                parse_transition(
+                    {
+                        "id": f"t-{item}",
+                        "itemId": item,
+                        "from": "assigned",
+                        "to": "in_progress",
+                        "occurredAt": "2026-11-25T10:00:00.000Z",
+                        "deviceId": "tab-a",
+                        "actorId": "w-1",
+                    }
+                )
+                for item in ("a", "b")
+            ]
+            await ingest_transitions(conn, moves, now)
+            # a's move was answered; b's is still on its way.
+            await conn.execute(
+                "UPDATE transitions SET gateway_status = 'applied' WHERE item_id = 'a'"
+            )
+            page = [
+                upsert("a", "contacted"),
+                upsert("b", "completed"),
+                upsert("c", "assigned"),
+                {"aggregate": "outreach_item", "op": "delete", "id": "a"},
+                {"aggregate": "cohort", "op": "upsert", "data": {"id": "x"}},  # not ours yet
+                upsert("a", "completed"),
+                upsert("c", "in_progress"),
+            ]
+            assert await apply_changes(conn, page, now) == 6
+        async with db.read() as conn:
+            rows = await fetch_all(
+                conn,
+                "SELECT id, state, last_transition_id, local_seq FROM items ORDER BY local_seq",
+            )
+    finally:
+        await db.close()
+    got = [tuple(r) for r in rows]
+    assert [(i, s, last) for i, s, last, _ in got] == [
+        ("b", "in_progress", "t-b"),  # kept: its own move is unanswered
+        ("a", "completed", None),  # deleted, then sent again
+        ("c", "in_progress", None),
+    ]
+    seqs = [seq for *_, seq in got]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3

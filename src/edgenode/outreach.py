@@ -101,7 +101,7 @@ async def _load_items(conn: aiosqlite.Connection, ids: Sequence[str]) -> dict[st
             f"SELECT {', '.join(ITEM_FIELDS)} FROM items WHERE id IN ({_placeholders(len(chunk))})",
             chunk,
         ):
-            found[row["id"]] = _Item(dict(row))
+            found[row[0]] = _Item(dict(zip(ITEM_FIELDS, row, strict=True)))
     return found
 
 
@@ -232,15 +232,22 @@ async def items_since(
     return [item_to_wire(r) for r in rows], (rows[-1]["local_seq"] if rows else since), more
 
 
-async def _has_newer_local_move(conn: aiosqlite.Connection, item_id: str, after_seq: int) -> bool:
-    """A local move of the item not yet answered by the gateway, after ``after_seq``."""
-    row = await fetch_one(
-        conn,
-        "SELECT 1 FROM transitions WHERE item_id = ? AND seq > ? AND forward = 1 "
-        "AND gateway_status IS NULL AND local_disposition = 'applied' LIMIT 1",
-        (item_id, after_seq),
-    )
-    return row is not None
+async def _newest_unanswered_moves(
+    conn: aiosqlite.Connection, ids: Sequence[str]
+) -> dict[str, int]:
+    """Item -> seq of its newest local move the gateway has not answered yet."""
+    newest: dict[str, int] = {}
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        rows = await fetch_all(
+            conn,
+            "SELECT item_id, max(seq) FROM transitions WHERE item_id IN "
+            f"({_placeholders(len(chunk))}) AND forward = 1 AND gateway_status IS NULL "
+            "AND local_disposition = 'applied' GROUP BY item_id",
+            chunk,
+        )
+        newest.update({row[0]: row[1] for row in rows})
+    return newest
 
 
 # The gateway's state arrives without the transition that produced it, so a
@@ -261,20 +268,13 @@ async def adopt_gateway_states(
     it). A few statements per batch, not a few per item; returns how many
     items changed."""
     ids = list(final)
-    waiting: dict[str, int] = {}  # item -> seq of its newest unanswered local move
+    waiting = await _newest_unanswered_moves(conn, ids)
     states: dict[str, str] = {}
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        marks = _placeholders(len(chunk))
         rows = await fetch_all(
-            conn,
-            "SELECT item_id, max(seq) FROM transitions WHERE item_id IN "
-            f"({marks}) AND forward = 1 AND gateway_status IS NULL "
-            "AND local_disposition = 'applied' GROUP BY item_id",
-            chunk,
+            conn, f"SELECT id, state FROM items WHERE id IN ({_placeholders(len(chunk))})", chunk
         )
-        waiting.update({row[0]: row[1] for row in rows})
-        rows = await fetch_all(conn, f"SELECT id, state FROM items WHERE id IN ({marks})", chunk)
         states.update({row[0]: row[1] for row in rows})
     next_seq = await _next_local_seq(conn)
     updates = []
@@ -293,34 +293,47 @@ async def adopt_gateway_states(
 async def apply_changes(
     conn: aiosqlite.Connection, changes: Sequence[Mapping[str, Any]], now: datetime
 ) -> int:
-    """Apply change-feed entries to the projection; returns how many items changed."""
+    """Apply change-feed entries to the projection, in order; returns how many
+    were applied. Consecutive upserts go in a few statements, not a few each:
+    the feed echoes every transition the edge forwarded, a page of a thousand
+    held the write lock for half a second."""
     stamp = format_timestamp(now)
-    applied = 0
-    for change in changes:
-        if change.get("aggregate") != "outreach_item":
-            continue  # other aggregates join the projection in later releases
+    # Other aggregates join the projection in later releases.
+    entries = [c for c in changes if c.get("aggregate") == "outreach_item"]
+    upserted = sorted({c["data"]["id"] for c in entries if c.get("op") != "delete"})
+    # A local move still on its way keeps the local state until its answer comes.
+    waiting = set(await _newest_unanswered_moves(conn, upserted))
+    next_seq = await _next_local_seq(conn)
+    run: list[Mapping[str, Any]] = []
+    for change in entries:
         if change.get("op") == "delete":
+            next_seq = await _upsert_items(conn, run, waiting, next_seq, stamp)
+            run = []
             await conn.execute("DELETE FROM items WHERE id = ?", (change["id"],))
-            applied += 1
-            continue
-        data = change["data"]
-        # A local move still on its way keeps the local state until its answer comes.
-        pending = await _has_newer_local_move(conn, data["id"], 0)
-        if not pending:
-            await conn.execute(
-                f"UPDATE items SET {_FORGET_LAST} WHERE id = ? AND state != ?",
-                (data["id"], data["state"]),
-            )
-        seq = await _next_local_seq(conn)
-        await conn.execute(
-            "INSERT INTO items (id, facility_id, state, assignee_id, patient_ref, cohort_id, "
-            "due_date, gateway_version, local_seq, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT (id) DO UPDATE SET facility_id = excluded.facility_id, "
-            "state = CASE WHEN ? THEN items.state ELSE excluded.state END, "
-            "assignee_id = excluded.assignee_id, patient_ref = excluded.patient_ref, "
-            "cohort_id = excluded.cohort_id, due_date = excluded.due_date, "
-            "gateway_version = excluded.gateway_version, local_seq = excluded.local_seq, "
-            "updated_at = excluded.updated_at",
+        else:
+            run.append(change["data"])
+    await _upsert_items(conn, run, waiting, next_seq, stamp)
+    return len(entries)
+
+
+async def _upsert_items(
+    conn: aiosqlite.Connection,
+    items: Sequence[Mapping[str, Any]],
+    waiting: set[str],
+    next_seq: int,
+    stamp: str,
+) -> int:
+    """The gateway's items into the projection, each under a new local_seq
+    (returns the next one). Forgetting ``last`` for all of them first, then
+    upserting, leaves what doing it item by item would: an item changed twice
+    is forgotten if either change moves its state."""
+    await conn.executemany(
+        f"UPDATE items SET {_FORGET_LAST} WHERE id = ? AND state != ?",
+        [(d["id"], d["state"]) for d in items if d["id"] not in waiting],
+    )
+    rows = []
+    for data in items:
+        rows.append(
             (
                 data["id"],
                 data["facilityId"],
@@ -330,10 +343,21 @@ async def apply_changes(
                 data.get("cohortId"),
                 data.get("dueDate"),
                 data.get("version"),
-                seq,
+                next_seq,
                 stamp,
-                int(pending),
-            ),
+                int(data["id"] in waiting),
+            )
         )
-        applied += 1
-    return applied
+        next_seq += 1
+    await conn.executemany(
+        "INSERT INTO items (id, facility_id, state, assignee_id, patient_ref, cohort_id, "
+        "due_date, gateway_version, local_seq, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT (id) DO UPDATE SET facility_id = excluded.facility_id, "
+        "state = CASE WHEN ? THEN items.state ELSE excluded.state END, "
+        "assignee_id = excluded.assignee_id, patient_ref = excluded.patient_ref, "
+        "cohort_id = excluded.cohort_id, due_date = excluded.due_date, "
+        "gateway_version = excluded.gateway_version, local_seq = excluded.local_seq, "
+        "updated_at = excluded.updated_at",
+        rows,
+    )
+    return next_seq
