@@ -32,7 +32,7 @@ entry each, as ``create_item`` writes them, in bulk), pairing codes (issued
 by the edge's own ``issue_code``, as ``edgenode pair-device`` does).
 
     .venv/bin/python bench/edge_node.py [--transitions 30000] [--rounds 5]
-        [--tablets 50] [--push-size 50] [--senders 2] [--encounters 1000000]
+        [--tablets 50] [--push-size 50] [--senders 1] [--encounters 1000000]
         [--patients 200000] [--dir /var/tmp] [--keep] [--profile OUT]
 """
 
@@ -884,7 +884,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--push-size", type=int, default=50, help="transitions per tablet push (default 50)"
     )
     parser.add_argument(
-        "--senders", type=int, default=2, help="concurrent senders of the gateway-alone figure"
+        "--senders",
+        type=int,
+        default=1,
+        help="concurrent senders of the gateway-alone figure (default 1, as gateway_ingest)",
     )
     parser.add_argument("--encounters", type=int, default=1_000_000, help="encounters in the week")
     parser.add_argument("--patients", type=int, default=200_000, help="distinct patients")
