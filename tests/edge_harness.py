@@ -404,17 +404,9 @@ class EdgeSystem:
         idempotency_key: str | None = None,
     ) -> list[dict[str, Any]]:
         """``POST …/sync/outreach``; asserts 200 and returns the per-item results."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        resp = await self.tablet_request(
-            tablet,
-            "POST",
-            f"{PREFIX}/sync/outreach",
-            {"transitions": list(transitions)},
-            fmt=fmt,
-            headers=headers,
+        return await self._push(
+            tablet, "outreach", "transitions", transitions, fmt, idempotency_key
         )
-        assert resp.status == 200, await resp.read()
-        return list((await document(resp))["results"])
 
     async def push_encounters(
         self,
@@ -425,12 +417,25 @@ class EdgeSystem:
         idempotency_key: str | None = None,
     ) -> list[dict[str, Any]]:
         """``POST …/sync/encounters``; asserts 200 and returns the per-item results."""
+        return await self._push(
+            tablet, "encounters", "encounters", encounters, fmt, idempotency_key
+        )
+
+    async def _push(
+        self,
+        tablet: Tablet,
+        resource: str,
+        field: str,
+        records: Sequence[Mapping[str, Any]],
+        fmt: str,
+        idempotency_key: str | None,
+    ) -> list[dict[str, Any]]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         resp = await self.tablet_request(
             tablet,
             "POST",
-            f"{PREFIX}/sync/encounters",
-            {"encounters": list(encounters)},
+            f"{PREFIX}/sync/{resource}",
+            {field: list(records)},
             fmt=fmt,
             headers=headers,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiosqlite
 import msgpack
@@ -17,11 +18,17 @@ from aiohttp import web
 
 from edgenode.settings import EdgeSettings
 from edgenode.store.database import EdgeDatabase, fetch_one
-from gateway.http import CLOCK, path_with_query, respond
-from shared.errors import IdempotencyInFlight, IdempotencyKeyMismatch, UnknownKey
+from gateway.http import CLOCK, decode_document, path_with_query, read_body, respond
+from shared.errors import (
+    BatchTooLarge,
+    IdempotencyInFlight,
+    IdempotencyKeyMismatch,
+    UnknownKey,
+    ValidationFailed,
+)
 from shared.idempotency import request_fingerprint, validate_key
 from shared.signing import KeyPair, parse_authorization, verify_request
-from shared.values import format_timestamp
+from shared.values import format_timestamp, only_fields, required
 
 EDGE_SETTINGS = web.AppKey("edge_settings", EdgeSettings)
 EDGE_DB = web.AppKey("edge_db", EdgeDatabase)
@@ -60,6 +67,22 @@ async def authenticate_device(request: web.Request, body: bytes) -> str:
         edge_settings(request).clock_skew_seconds,
     )
     return auth.key_id
+
+
+async def read_device_push(request: web.Request, field: str) -> tuple[str, bytes, list[Any]]:
+    """A signed tablet push ``{field: [...]}``: the signing device, the raw body
+    (for the idempotency fingerprint) and the list, checked for shape and size."""
+    body = await read_body(request)
+    device_id = await authenticate_device(request, body)
+    doc = decode_document(request, body)
+    only_fields(doc, frozenset({field}), f"{field} push")
+    records = required(doc, field)
+    if not isinstance(records, list):
+        raise ValidationFailed(f"{field} must be an array", field=field)
+    most = edge_settings(request).max_push_items
+    if len(records) > most:
+        raise BatchTooLarge(f"at most {most} {field} in one push")
+    return device_id, body, records
 
 
 async def run_write(

@@ -6,24 +6,15 @@ import aiosqlite
 from aiohttp import web
 
 from edgenode.encounters import ingest_encounters
-from edgenode.http import authenticate_device, edge_settings, run_write
-from gateway.http import CLOCK, decode_document, read_body
-from shared.errors import BatchTooLarge, OutOfScope, ValidationFailed
+from edgenode.http import edge_settings, read_device_push, run_write
+from gateway.http import CLOCK
+from shared.errors import OutOfScope, ValidationFailed
 from shared.reports import parse_encounter
-from shared.values import only_fields, required
 
 
 async def push(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    device_id = await authenticate_device(request, body)
-    doc = decode_document(request, body)
-    only_fields(doc, frozenset({"encounters"}), "encounter push")
-    raw = required(doc, "encounters")
-    if not isinstance(raw, list):
-        raise ValidationFailed("encounters must be an array", field="encounters")
+    device_id, body, raw = await read_device_push(request, "encounters")
     settings = edge_settings(request)
-    if len(raw) > settings.max_push_items:
-        raise BatchTooLarge(f"at most {settings.max_push_items} encounters")
     encounters = []
     for n, item in enumerate(raw):
         try:

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from edgenode.http import OUTBOX_WAKE, authenticate_device, edge_db, edge_settings, replay
+from edgenode.http import (
+    OUTBOX_WAKE,
+    authenticate_device,
+    edge_db,
+    edge_settings,
+    read_device_push,
+    replay,
+)
 from edgenode.intake import OUTREACH_INTAKE
 from edgenode.outreach import items_since
-from gateway.http import decode_document, path_with_query, query_int, read_body, respond
-from shared.errors import BadCursor, BatchTooLarge, OutOfScope, ValidationFailed
+from gateway.http import path_with_query, query_int, respond
+from shared.errors import BadCursor, OutOfScope
 from shared.idempotency import request_fingerprint, validate_key
-from shared.values import only_fields, required
 from shared.wire import parse_transition
 
 
 async def push(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    device_id = await authenticate_device(request, body)
-    doc = decode_document(request, body)
-    only_fields(doc, frozenset({"transitions"}), "outreach push")
-    raw = required(doc, "transitions")
-    if not isinstance(raw, list):
-        raise ValidationFailed("transitions must be an array", field="transitions")
-    if len(raw) > edge_settings(request).max_push_items:
-        raise BatchTooLarge(f"at most {edge_settings(request).max_push_items} transitions")
+    device_id, body, raw = await read_device_push(request, "transitions")
     transitions = [parse_transition(t, f"/transitions/{n}") for n, t in enumerate(raw)]
     for t in transitions:
         if t.device_id != device_id:
