@@ -1,0 +1,1 @@
+"""The reference field device (tablet): its own key and queue, pairing, discovery, push and gather."""
