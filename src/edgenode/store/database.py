@@ -1,5 +1,8 @@
 """The edge node's SQLite store (aiosqlite), one writer per file.
 
+``SQLiteStore`` runs any tuple of numbered migrations; ``EdgeDatabase`` is it
+with the edge's own (the field device's store runs its own tuple).
+
 Writes go through one connection under an asyncio lock with ``BEGIN
 IMMEDIATE``; reads use a second connection that WAL lets run beside it.
 ``synchronous=FULL``: a tablet is answered only after its records are
@@ -15,11 +18,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiosqlite
 
 from edgenode.store.migrations import MIGRATIONS
+
+#: (version, name, statements) of each numbered step, in order.
+Migrations = tuple[tuple[int, str, tuple[str, ...]], ...]
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -74,15 +80,16 @@ class WriteLock:
         self._held = False
 
 
-class EdgeDatabase:
-    def __init__(self, path: Path) -> None:
+class SQLiteStore:
+    def __init__(self, path: Path, migrations: Migrations) -> None:
         self.path = path
+        self._migrations = migrations
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = WriteLock()
         self._read_lock = asyncio.Lock()  # one snapshot at a time on the reader
 
-    async def open(self) -> EdgeDatabase:
+    async def open(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await _connect(self.path)
         await self._migrate()
@@ -140,7 +147,7 @@ class EdgeDatabase:
             await self._writer.execute("SELECT version FROM schema_migrations")
         ).fetchall()
         done = {int(r[0]) for r in rows}
-        for version, name, statements in MIGRATIONS:
+        for version, name, statements in self._migrations:
             if version in done:
                 continue
             async with self.write() as conn:
@@ -150,6 +157,13 @@ class EdgeDatabase:
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (version, name, datetime.now(UTC).isoformat()),
                 )
+
+
+class EdgeDatabase(SQLiteStore):
+    """The edge node's store: its own migrations."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, MIGRATIONS)
 
 
 # One trip to the connection's thread per query (execute and fetch together):
