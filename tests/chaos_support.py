@@ -101,9 +101,17 @@ def init_edge(edge_dir: Path, gateway_dir: Path, gateway_url: str) -> None:
 class Service:
     """A service run as a subprocess, its output appended to one log across restarts."""
 
-    def __init__(self, name: str, args: Sequence[str], log_path: Path, env: Mapping[str, str]):
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str],
+        wrapper: Sequence[str] = (),
+    ):
         self.name = name
         self.args = list(args)
+        self.wrapper = list(wrapper)  # e.g. ``ip netns exec NS``: it execs, so the pid is ours
         self.log_path = log_path
         self.env = {**os.environ, **env}
         self.process: subprocess.Popen[bytes] | None = None
@@ -113,7 +121,7 @@ class Service:
         assert self.process is None, f"{self.name} is already running"
         self._log = open(self.log_path, "ab")  # closed when the process is reaped
         self.process = subprocess.Popen(
-            [sys.executable, "-m", *self.args],
+            [*self.wrapper, sys.executable, "-m", *self.args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.settings import Settings
 from harness import FakeClock, Gateway
+from netns import netns  # noqa: F401 - a private network namespace per test
 
 
 @pytest.fixture
