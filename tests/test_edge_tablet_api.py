@@ -249,6 +249,10 @@ async def test_pairing(system: EdgeSystem, fmt: str) -> None:
         "tenantId": "t1",
         "facilityIds": ["f-001"],
         "fp": fingerprint(system.node_key.public_key),
+        # docs/discovery.md; bytes are base64 in JSON, raw bin in msgpack
+        "publicKey": system.node_key.public_key_b64
+        if fmt == "json"
+        else system.node_key.public_key,
     }
     tablet = Tablet("tab-a", key)
     assert set(await system.tablet_view(tablet)) == {"oi-1"}

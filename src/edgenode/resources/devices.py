@@ -21,6 +21,7 @@ async def pair(request: web.Request) -> web.Response:
     public_key = public_key_from(required(doc, "publicKey"))
     code = required(doc, "pairingCode")
     settings = edge_settings(request)
+    node_key = request.app[NODE_KEY]
 
     async def write(conn: aiosqlite.Connection) -> tuple[int, object]:
         await redeem_code(conn, code, device_id, public_key, request.app[CLOCK]())
@@ -28,7 +29,11 @@ async def pair(request: web.Request) -> web.Response:
             "nodeId": settings.node_id,
             "tenantId": settings.tenant_id,
             "facilityIds": settings.facility_ids,
-            "fp": fingerprint(request.app[NODE_KEY].public_key),
+            "fp": fingerprint(node_key.public_key),
+            # Beyond the contract's answer: the device verifies with it the
+            # node's signature when the node gathers from it (docs/discovery.md).
+            # Bytes: base64 in JSON, raw bin in msgpack (CONTRACT section 1).
+            "publicKey": node_key.public_key,
         }
 
     return await run_write(request, f"pair:{device_id}", body, write)
