@@ -18,8 +18,6 @@ import asyncio
 import ctypes
 import itertools
 import os
-import shutil
-import signal
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,18 +26,11 @@ from typing import Any, TypeVar
 
 import pytest
 
+from lan import namespace
+
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 _names = itertools.count(1)
-
-
-def unavailable_reason() -> str | None:
-    """Why real-multicast tests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root to create a private network namespace (ip netns add)"
-    if shutil.which("ip") is None:
-        return "needs the ip command (Debian package iproute2)"
-    return None
 
 
 class NetworkNamespace:
@@ -50,7 +41,7 @@ class NetworkNamespace:
     @property
     def wrapper(self) -> list[str]:
         """Prefix of a command run inside the namespace."""
-        return ["ip", "netns", "exec", self.name]
+        return namespace.exec_prefix(self.name)
 
     def port(self) -> int:
         """A TCP port nobody uses yet: the namespace is new and its ports are ours."""
@@ -94,38 +85,14 @@ def _join(name: str) -> None:
         os.close(fd)
 
 
-def _ip(*args: str) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=30)
-    if done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-
-
-def _kill_everything_in(name: str) -> None:
-    done = subprocess.run(
-        ["ip", "netns", "pids", name], capture_output=True, text=True, check=False, timeout=30
-    )
-    for pid in done.stdout.split():
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.fixture
 def netns() -> Iterator[NetworkNamespace]:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
     name = f"phs-t{os.getpid()}-{next(_names)}"
     try:
-        _ip("netns", "add", name)
-    except RuntimeError as err:
-        pytest.skip(f"cannot create a network namespace here: {err}")
+        namespace.create(name)
+    except namespace.NamespaceUnavailable as err:
+        pytest.skip(f"real-multicast test: {err}")
     try:
-        _ip("-n", name, "link", "set", "lo", "up")
-        _ip("-n", name, "link", "set", "lo", "multicast", "on")
-        _ip("-n", name, "route", "add", "224.0.0.0/4", "dev", "lo")
         yield NetworkNamespace(name)
     finally:
-        _kill_everything_in(name)
-        _ip("netns", "del", name)
+        namespace.delete(name)
