@@ -7,25 +7,13 @@ from aiohttp import web
 
 from edgenode.encounters import ingest_encounters
 from edgenode.http import edge_settings, read_device_push, run_write
+from edgenode.records import device_encounters
 from gateway.http import CLOCK
-from shared.errors import OutOfScope, ValidationFailed
-from shared.reports import parse_encounter
 
 
 async def push(request: web.Request) -> web.Response:
     device_id, body, raw = await read_device_push(request, "encounters")
-    settings = edge_settings(request)
-    encounters = []
-    for n, item in enumerate(raw):
-        try:
-            encounters.append(parse_encounter(item))
-        except ValidationFailed as err:
-            raise ValidationFailed(
-                f"/encounters/{n}: {err.detail}", path=f"/encounters/{n}"
-            ) from err
-    for e in encounters:
-        if e.facility_id not in settings.facility_ids:
-            raise OutOfScope(f"encounter {e.id}: facility {e.facility_id} is not served here")
+    encounters = device_encounters(raw, edge_settings(request).facility_ids)  # as a gather
 
     async def write(conn: aiosqlite.Connection) -> tuple[int, object]:
         results = await ingest_encounters(conn, device_id, encounters, request.app[CLOCK]())

@@ -14,18 +14,15 @@ from edgenode.http import (
 )
 from edgenode.intake import OUTREACH_INTAKE
 from edgenode.outreach import items_since
+from edgenode.records import device_transitions
 from gateway.http import path_with_query, query_int, respond
-from shared.errors import BadCursor, OutOfScope
+from shared.errors import BadCursor
 from shared.idempotency import request_fingerprint, validate_key
-from shared.wire import parse_transition
 
 
 async def push(request: web.Request) -> web.Response:
     device_id, body, raw = await read_device_push(request, "transitions")
-    transitions = [parse_transition(t, f"/transitions/{n}") for n, t in enumerate(raw)]
-    for t in transitions:
-        if t.device_id != device_id:
-            raise OutOfScope(f"transition {t.id} names device {t.device_id}, not the signer")
+    transitions = device_transitions(raw, device_id)  # as a gather reads them
 
     # Written together with the pushes queued beside it (edgenode.intake);
     # Idempotency-Key as in run_write.
