@@ -138,4 +138,27 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS items_by_local_seq ON items (local_seq)",
         ),
     ),
+    (
+        3,
+        "devices seen on the LAN (discovery and gathering)",
+        (
+            # One row per field device ever seen advertising _phs-field._tcp;
+            # paired or not is read from ``devices`` when asked.
+            """CREATE TABLE IF NOT EXISTS devices_seen (
+            device_id TEXT PRIMARY KEY,
+            service_name TEXT NOT NULL,
+            addresses TEXT NOT NULL,
+            port INTEGER NOT NULL,
+            pending INTEGER NOT NULL,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            present INTEGER NOT NULL DEFAULT 1,
+            gone_at TEXT,
+            last_gather_at TEXT,
+            last_gather_error TEXT,
+            gathered_records INTEGER NOT NULL DEFAULT 0)""",
+            # A withdrawn advert names the mDNS instance, not the device.
+            "CREATE INDEX IF NOT EXISTS devices_seen_by_name ON devices_seen (service_name)",
+        ),
+    ),
 )
