@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgenode.settings import EdgeSettings, load_edge_settings
+from fielddevice.settings import FieldSettings, load_field_settings
 from gateway.settings import Settings, load_settings
 from shared.errors import ValidationFailed
 
@@ -16,7 +17,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 @pytest.mark.parametrize(
     ("prefix", "name"),
     [("PHS_GATEWAY_", name) for name, _, _ in Settings.describe()]
-    + [("PHS_EDGE_", name) for name, _, _ in EdgeSettings.describe()],
+    + [("PHS_EDGE_", name) for name, _, _ in EdgeSettings.describe()]
+    + [("PHS_FIELD_", name) for name, _, _ in FieldSettings.describe()],
 )
 def test_every_setting_is_documented(prefix: str, name: str) -> None:
     text = DOCS.read_text(encoding="utf-8")
@@ -77,3 +79,29 @@ def test_edge_settings_from_init_file_environment_and_flags(tmp_path: Path) -> N
     assert settings.report_schedule is False  # "false" from the environment is a bool
     assert settings.port == 9001
     assert settings.data_dir == str(tmp_path)
+
+
+def test_field_settings_from_init_file_environment_and_flags(tmp_path: Path) -> None:
+    (tmp_path / "phs-field.toml").write_text(
+        '[field]\ndevice_id = "tab-01"\nedge_url = "http://10.0.0.5:8490"\n'
+    )
+    settings = load_field_settings(
+        None,
+        str(tmp_path),
+        environ={"PHS_FIELD_DISCOVERY": "false", "PHS_FIELD_INTERFACES": "eth0, wlan0"},
+        overrides={"port": 8600, "host": None},
+    )
+    assert settings.device_id == "tab-01"  # read from DATA_DIR/phs-field.toml
+    assert settings.edge_url == "http://10.0.0.5:8490"
+    assert settings.discovery is False  # "false" from the environment is a bool
+    assert settings.interfaces == ["eth0", "wlan0"]  # comma-separated list
+    assert settings.port == 8600  # a flag
+    assert settings.host == "0.0.0.0"  # a flag left unset changes nothing
+    assert settings.data_dir == str(tmp_path)
+    assert settings.key_path == tmp_path / "device.key"
+
+
+def test_field_settings_refuse_unknown_keys(tmp_path: Path) -> None:
+    (tmp_path / "phs-field.toml").write_text('[field]\ndevise_id = "tab-01"\n')
+    with pytest.raises(ValidationFailed):
+        load_field_settings(None, str(tmp_path), environ={})

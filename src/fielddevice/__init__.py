@@ -1,1 +1,2 @@
-"""The reference field device (tablet): its own key and queue, pairing, discovery, push and gather."""
+"""The reference field device (tablet): its own key and queue, pairing,
+discovery, push and gather (``phs-field``)."""
