@@ -55,6 +55,21 @@ class EdgeSettings:
     )
     max_body_bytes: int = setting(4 * 1024 * 1024, "Largest tablet request body (413).")
     max_push_items: int = setting(5000, "Most records in one tablet push (413).")
+    discovery: bool = setting(
+        True, "Advertise on the LAN (mDNS) and gather from paired tablets that advertise."
+    )
+    interfaces: list[str] = setting(  # noqa: RUF009
+        [],
+        "Interfaces (names or addresses) to advertise and browse on; empty: every "
+        "non-loopback interface that is up (or the host address, when one is set).",
+    )
+    gather_interval_seconds: int = setting(
+        30, "How often paired tablets that still advertise pending records are gathered."
+    )
+    gather_page_size: int = setting(500, "Most records asked of a tablet in one gather request.")
+    address_check_seconds: int = setting(
+        30, "How often the node re-reads its addresses and re-announces when they changed."
+    )
     log_level: str = setting("INFO", "Python logging level.")
 
     @property
