@@ -2,7 +2,7 @@
 
     edgenode init --node-id ID --tenant T --facility F [...] --gateway-url URL
                   [--time-zone Africa/Nairobi]
-    edgenode run [--host H] [--port P]
+    edgenode run [--host H] [--port P] [--interface NAME_OR_ADDRESS ...] [--no-discovery]
     edgenode pair-device --device-id D
     edgenode report --facility F --period 2026-W47|2026-11-23
     edgenode sync
@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from edgenode.gateway_client import GatewayClient
 from edgenode.keys import create_key, load_key
 from edgenode.pairing import issue_code
 from edgenode.reports import ensure_complete, generate_report
-from edgenode.service import create_app
+from edgenode.service import create_app, serve
 from edgenode.settings import CONFIG_NAME, EdgeSettings, load_edge_settings
 from edgenode.status import collect_problems, collect_status
 from edgenode.store.database import EdgeDatabase
@@ -62,7 +61,19 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--time-zone", default="UTC")
     run = sub.add_parser("run", parents=[common], help="serve tablets and sync")
     run.add_argument("--host")
-    run.add_argument("--port", type=int)
+    run.add_argument("--port", type=int, help="TCP port of the tablet API (0: any free one)")
+    run.add_argument(
+        "--interface",
+        action="append",
+        metavar="NAME_OR_ADDRESS",
+        help="advertise and browse on this interface (repeatable; default: every "
+        "non-loopback interface that is up)",
+    )
+    run.add_argument(
+        "--no-discovery",
+        action="store_true",
+        help="no LAN advert, browsing or gathering (tablets are given the address)",
+    )
     pair = sub.add_parser("pair-device", parents=[common], help="print a one-time pairing code")
     pair.add_argument("--device-id", required=True)
     report = sub.add_parser("report", parents=[common], help="generate and queue a report now")
@@ -125,7 +136,12 @@ def _load(args: argparse.Namespace) -> EdgeSettings:
     settings = load_edge_settings(
         args.config,
         args.data_dir,
-        overrides={"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
+        overrides={
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            "interfaces": getattr(args, "interface", None),
+            "discovery": False if getattr(args, "no_discovery", False) else None,
+        },
     )
     if not settings.node_id:
         raise ValidationFailed(f"no node configured in {settings.data_dir}: run edgenode init")
@@ -262,12 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         logging.getLogger("alembic").setLevel(logging.WARNING)  # no schema chatter per command
         if args.command == "run":
-            web.run_app(
-                create_app(settings, load_key(settings.key_path)),
-                host=settings.host,
-                port=settings.port,
-                print=lambda msg: print(msg, flush=True),
-            )
+            app = create_app(settings, load_key(settings.key_path))
+            asyncio.run(serve(app, settings.host, settings.port))
             return 0
         command = COMMANDS[args.command]
         return asyncio.run(_with_db(settings, lambda db: command(settings, args, db)))

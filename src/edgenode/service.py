@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from aiohttp import web
 from edgenode.gateway_client import GatewayClient
 from edgenode.http import EDGE_DB, EDGE_SETTINGS, IN_FLIGHT, NODE_KEY, OUTBOX_WAKE
 from edgenode.intake import OUTREACH_INTAKE, OutreachIntake
+from edgenode.lan import LISTEN_PORT, ListenPort, lan_presence
 from edgenode.outbox import get_state
 from edgenode.reports import generate_report
 from edgenode.resources import devices, encounters, outreach, status
@@ -48,8 +50,16 @@ def add_routes(app: web.Application) -> None:
 
 
 def create_app(
-    settings: EdgeSettings, keypair: KeyPair, clock: Clock = system_clock, background: bool = True
+    settings: EdgeSettings,
+    keypair: KeyPair,
+    clock: Clock = system_clock,
+    background: bool = True,
+    discovery: bool | None = None,
 ) -> web.Application:
+    """The edge app. ``background``: the forwarder, puller and scheduler loops.
+    ``discovery`` (default: as ``background``): LAN presence (``edgenode.lan``)
+    when the setting ``discovery`` is on too; it advertises once
+    ``app[LISTEN_PORT]`` is set to the bound port (``serve`` does)."""
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     app[EDGE_SETTINGS] = settings
     app[NODE_KEY] = keypair
@@ -57,11 +67,37 @@ def create_app(
     app[LIMITS] = Limits(max_body_bytes=settings.max_body_bytes, max_items=settings.max_push_items)
     app[IN_FLIGHT] = set()
     app[OUTBOX_WAKE] = asyncio.Event()
+    app[LISTEN_PORT] = ListenPort()
     app.cleanup_ctx.append(_database)
     if background:
         app.cleanup_ctx.append(_background_loops)
+    if (background if discovery is None else discovery) and settings.discovery:
+        app.cleanup_ctx.append(lan_presence)
     add_routes(app)
     return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly (``edgenode run``).
+
+    Like ``web.run_app``, except that the bound port is known to the app
+    (``LISTEN_PORT``) once the server listens, so ``--port 0`` works and the
+    LAN advert carries the port tablets can really reach."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = int(runner.addresses[0][1])
+        app[LISTEN_PORT].set(bound)
+        print(f"======== Running on http://{host}:{bound} ========", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
