@@ -1,4 +1,5 @@
-"""What an operator needs to see: outbox depth and age, last sync, problems.
+"""What an operator needs to see: outbox depth and age, last sync, problems,
+and the field devices seen on the LAN.
 
 Shared by ``edgenode status``/``problems``, the status page and /metrics.
 """
@@ -10,6 +11,7 @@ from typing import Any
 
 import aiosqlite
 
+from edgenode.devices_seen import list_devices_seen
 from edgenode.outbox import get_state
 from edgenode.store.database import fetch_all, fetch_one
 from shared.values import parse_timestamp
@@ -70,6 +72,7 @@ async def collect_status(conn: aiosqlite.Connection, now: datetime) -> dict[str,
         "encounters": int(encounters[0]) if encounters else 0,
         "reportsGenerated": int(reports_total[0]) if reports_total else 0,
         "problems": int(problems[0]) if problems else 0,
+        "devicesSeen": await list_devices_seen(conn),
     }
 
 
