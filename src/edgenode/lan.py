@@ -264,7 +264,7 @@ async def lan_presence(app: web.Application) -> AsyncIterator[None]:
     interfaces, version = zeroconf_interfaces(addresses)
     try:
         zc = AsyncZeroconf(interfaces=interfaces, ip_version=version)
-    except OSError as err:
+    except Exception as err:  # OSError mostly; whatever it is, tablets are still served
         log.warning("LAN discovery is off: multicast on %s failed: %s", ", ".join(addresses), err)
         yield
         return
