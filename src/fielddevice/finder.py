@@ -10,6 +10,7 @@ configured ``edge_url`` is the fallback, and the plan says so.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -123,7 +124,9 @@ def choose_for_pairing(
     if not fits:
         raise EdgeNotFound(f"no edge node to pair with; adverts seen: {seen}", refused)
     raise EdgeNotFound(
-        f"{len(fits)} edge nodes fit ({seen}): name one with --node or --edge-url", refused
+        f"{len(fits)} edge nodes fit ({seen}): name one with --node, pin its fp with "
+        "--expect-fp, or give --edge-url",
+        refused,
     )
 
 
@@ -181,10 +184,27 @@ async def reach(session: aiohttp.ClientSession, candidates: Sequence[str]) -> st
     return None
 
 
-def start_zeroconf(choices: Sequence[str]) -> tuple[AsyncZeroconf, list[str]]:
-    """An ``AsyncZeroconf`` on the chosen interfaces, and their addresses."""
+def advert_addresses(host: str, addresses: Sequence[str]) -> list[str]:
+    """The addresses to advertise for a server listening on ``host``."""
+    if host in ("", "::"):
+        return list(addresses)
+    if host == "0.0.0.0":
+        return [a for a in addresses if ":" not in a]
+    bare = host.split("%", 1)[0]
+    ipaddress.ip_address(bare)  # a host name is not an address to advertise
+    return [a for a in addresses if a.split("%", 1)[0] == bare] or [host]
+
+
+def start_zeroconf(choices: Sequence[str], host: str) -> tuple[AsyncZeroconf, list[str]]:
+    """An ``AsyncZeroconf`` on the chosen interfaces' addresses that a server on
+    ``host`` answers on (IPv4 only for 0.0.0.0), and those addresses."""
     try:
-        addresses = select_addresses(choices)
+        addresses = advert_addresses(host, select_addresses(choices))
+        if not addresses:
+            raise DiscoveryUnavailable(
+                f"the gather API listens on {host} but the chosen interfaces have no "
+                "address of that family"
+            )
         interfaces, version = zeroconf_interfaces(addresses)
         return AsyncZeroconf(interfaces=interfaces, ip_version=version), addresses
     except NoUsableInterface as err:
@@ -194,13 +214,13 @@ def start_zeroconf(choices: Sequence[str]) -> tuple[AsyncZeroconf, list[str]]:
 
 
 async def browse_edges(
-    zc: AsyncZeroconf | None, choices: Sequence[str], seconds: float
+    zc: AsyncZeroconf | None, choices: Sequence[str], host: str, seconds: float
 ) -> list[EdgeAdvert]:
     """Every valid edge advert seen within ``seconds`` (on ``zc``, or on an
     ``AsyncZeroconf`` of our own for the duration)."""
     if zc is not None:
         return await collect(zc, EDGE_SERVICE, edge_advert, seconds)
-    own, _ = start_zeroconf(choices)
+    own, _ = start_zeroconf(choices, host)
     try:
         return await collect(own, EDGE_SERVICE, edge_advert, seconds)
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from fielddevice.finder import (
     DiscoveryUnavailable,
     EdgeNotFound,
     EdgeWatch,
+    advert_addresses,
     plan,
     start_zeroconf,
 )
@@ -36,17 +36,6 @@ from shared.discovery import FIELD_SERVICE, field_properties
 
 log = logging.getLogger("fielddevice.service")
 ANNOUNCE_POLL_SECONDS = 1.0
-
-
-def advert_addresses(host: str, addresses: Sequence[str]) -> list[str]:
-    """The addresses to advertise for a server listening on ``host``."""
-    if host in ("", "::"):
-        return list(addresses)
-    if host == "0.0.0.0":
-        return [a for a in addresses if ":" not in a]
-    bare = host.split("%", 1)[0]
-    ipaddress.ip_address(bare)  # a host name is not an address to advertise
-    return [a for a in addresses if a.split("%", 1)[0] == bare] or [host]
 
 
 class DeviceRuntime:
@@ -160,7 +149,7 @@ async def serve(device: FieldDevice, push: bool = True) -> int:
     why: str | None = "discovery is off (setting discovery)"
     if settings.discovery:
         try:
-            zc, addresses = start_zeroconf(settings.interfaces)
+            zc, addresses = start_zeroconf(settings.interfaces, settings.host)
             why = None
         except DiscoveryUnavailable as err:
             why = str(err)
