@@ -694,19 +694,28 @@ async def test_command_line_init_pair_record_sync_status(
     assert states == {"oi-1": "in_progress", "oi-2": "assigned", "oi-3": "assigned"}
 
 
-async def test_sync_against_an_edge_that_is_down_keeps_the_records(
+async def test_the_configured_edge_url_is_a_stated_fallback(
     tmp_path: Path, system: EdgeSystem
 ) -> None:
-    data = tmp_path / "tab-down"
-    await phs_field("init", "--device-id", "tab-down", data_dir=data)
-    pairing_code = await system.issue_pairing_code("tab-down")
-    await phs_field("pair", "--code", pairing_code, "--edge-url", edge_url(system), data_dir=data)
+    data = tmp_path / "tab-conf"
+    url = edge_url(system)
+    await phs_field("init", "--device-id", "tab-conf", "--edge-url", url, data_dir=data)
+    pairing_code = await system.issue_pairing_code("tab-conf")
+    code, doc, err = await phs_field("pair", "--code", pairing_code, data_dir=data)
+    assert code == 0, err
+    assert doc["notes"] == [f"pairing through the configured edge_url {url}"]
     await phs_field(
         "record", "--item", "oi-2", "--from", "assigned", "--to", "in_progress", data_dir=data
     )
+    # An edge that is down: a clear failure, the record kept for the next sync.
     code, doc, _ = await phs_field("sync", "--edge-url", closed_url(), data_dir=data)
     assert code == 1 and "no answer from the edge" in doc["error"]
     assert doc["pending"] == {"transitions": 1, "encounters": 0}
+    code, doc, err = await phs_field("sync", data_dir=data)
+    assert code == 0, err
+    assert doc["edge"]["source"] == "configured"
+    assert any("falling back to the configured edge_url" in n for n in doc["edge"]["notes"])
+    assert doc["pending"] == {"transitions": 0, "encounters": 0}
 
 
 async def test_simulate_without_discovery_pushes_instead_of_waiting_to_be_gathered(

@@ -174,23 +174,32 @@ def _session(settings: FieldSettings) -> aiohttp.ClientSession:
 async def pair(device: FieldDevice, args: argparse.Namespace) -> int:
     settings = device.settings
     refused: list[Refusal] = []
+    notes: list[str] = []
     advert = None
     async with _session(settings) as session:
-        if args.edge_url:
-            base = api_base(args.edge_url)
-        elif settings.discovery:
-            adverts = await browse_edges(
-                None, settings.interfaces, settings.host, settings.discovery_seconds
-            )
-            advert, refused = choose_for_pairing(adverts, args.node, args.expect_fp)
-            reached = await reach(session, advert.base_urls())
-            if reached is None:
+        base: str | None = api_base(args.edge_url) if args.edge_url else None
+        if base is None and settings.discovery:
+            try:
+                adverts = await browse_edges(
+                    None, settings.interfaces, settings.host, settings.discovery_seconds
+                )
+                advert, refused = choose_for_pairing(adverts, args.node, args.expect_fp)
+            except (DiscoveryUnavailable, EdgeNotFound) as err:
+                if not settings.edge_url:
+                    raise
+                notes.append(f"discovery found no edge to pair with: {err}")
+                refused = list(getattr(err, "refused", []))
+        if advert is not None:
+            base = await reach(session, advert.base_urls())
+            if base is None:
                 raise EdgeUnreachable(f"edge {advert.name} does not answer at its addresses")
-            base = reached
-        elif settings.edge_url:
+        elif base is None and settings.edge_url:
             base = api_base(settings.edge_url)
-        else:
+            notes.append(f"pairing through the configured edge_url {settings.edge_url}")
+        elif base is None:
             raise ValidationFailed("discovery is off and no edge_url is set: give --edge-url")
+        for note in notes:
+            print(f"phs-field: {note}", file=sys.stderr)
         pairing = await device.pair(
             session,
             base,
@@ -205,6 +214,7 @@ async def pair(device: FieldDevice, args: argparse.Namespace) -> int:
             "paired": pairing.describe(),
             "advert": None if advert is None else advert.name,
             "refused": [r.describe() for r in refused],
+            "notes": notes,
         }
     )
     return 0
