@@ -86,7 +86,9 @@ class FieldDevice:
             raise ValidationFailed(
                 f"no device configured in {settings.data_dir}: run phs-field init"
             )
-        if create and not settings.key_path.exists():
+        if not settings.key_path.exists():
+            if not create:
+                raise ValidationFailed(f"no device key in {settings.data_dir}: run phs-field init")
             keypair = create_key(settings.key_path)
         else:
             keypair = load_key(settings.key_path)
