@@ -16,7 +16,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -165,7 +165,7 @@ class FakeDevice:
         self.acks.append(doc)
         done = {r["id"] for r in doc["transitions"]} | {r["id"] for r in doc["encounters"]}
         before = self.pending
-        self.transitions = [t for t in self.transitions if t["id"] not in done]
+        self.transitions = [t for t in self.transitions if t.get("id") not in done]
         self.encounters = [e for e in self.encounters if e["id"] not in done]
         answer = {"cleared": before - self.pending, "pending": self.pending}
         return web.Response(body=msgpack.packb(answer), content_type=MSGPACK)
@@ -185,12 +185,24 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def start_device(system: EdgeSystem, device_id: str = "tab-a") -> FakeDevice:
-    device = FakeDevice(
-        device_id, system.edge_settings.node_id, system.node_key.public_key, system.edge_clock
-    )
-    await device.server.start_server()
-    return device
+StartDevice = Callable[[EdgeSystem], Awaitable[FakeDevice]]
+
+
+@pytest.fixture
+async def start_device() -> AsyncIterator[StartDevice]:
+    """Start a device's API for a node (closed after the test, whatever happens)."""
+    started: list[FakeDevice] = []
+
+    async def start(system: EdgeSystem) -> FakeDevice:
+        s = system.edge_settings
+        device = FakeDevice("tab-a", s.node_id, system.node_key.public_key, system.edge_clock)
+        started.append(device)
+        await device.server.start_server()
+        return device
+
+    yield start
+    for device in started:
+        await device.server.close()
 
 
 def gatherer(system: EdgeSystem, session: aiohttp.ClientSession, **settings: Any) -> Gatherer:
@@ -327,7 +339,7 @@ def field_records(tablet: Tablet) -> tuple[list[dict[str, Any]], list[dict[str, 
 
 
 async def test_gathered_records_are_stored_exactly_as_pushed(
-    tmp_path: Path, session: aiohttp.ClientSession
+    tmp_path: Path, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     key = KeyPair.generate()  # the same tablet, paired with two identical nodes
     node_key = KeyPair.generate()
@@ -371,7 +383,7 @@ async def test_gathered_records_are_stored_exactly_as_pushed(
 
 
 async def test_invalid_records_are_rejected_and_not_stored(
-    system: EdgeSystem, session: aiohttp.ClientSession
+    system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
     device = await start_device(system)
@@ -380,6 +392,7 @@ async def test_invalid_records_are_rejected_and_not_stored(
         {"id": "t-bad", "itemId": "oi-1", "from": "assigned"},  # fields missing
         good,
         {**tablet.transition("t-other", "oi-2", "assigned", "in_progress"), "deviceId": "tab-z"},
+        {"itemId": "oi-2"},  # no id: nothing to answer it by, so it is left out of the ack
     ]
     device.encounters = [
         encounter("e-1"),
@@ -388,7 +401,7 @@ async def test_invalid_records_are_rejected_and_not_stored(
     ]
     await see(system, device.advert())
     outcome = await gatherer(system, session).gather_once("tab-a")
-    assert (outcome.error, outcome.records, outcome.rejected) == (None, 6, 4)
+    assert (outcome.error, outcome.records, outcome.rejected) == (None, 6, 5)
 
     [ack] = device.acks
     codes = {r["id"]: (r["status"], r.get("code")) for r in ack["transitions"] + ack["encounters"]}
@@ -407,18 +420,17 @@ async def test_invalid_records_are_rejected_and_not_stored(
     assert "/transitions/0" in details["t-bad"]
     assert "tab-z" in details["t-other"]  # the push's own wording
     assert "f-999" in details["e-far"] and "kind" in details["e-odd"]
-    assert device.pending == 0  # the device stops offering what was refused
+    assert device.pending == 1  # the device stops offering what was refused (and answered)
 
     snapshot = await stored(system)
     text = repr(snapshot)
     assert [r for r in snapshot["encounters"] if "e-1" in r] and "e-far" not in text
     assert "t-bad" not in text and "t-other" not in text and "e-odd" not in text
     assert len(snapshot["transitions"]) == 1 and "'t-1'" in snapshot["transitions"][0]
-    await device.server.close()
 
 
 async def test_lost_ack_regather_answers_duplicates(
-    system: EdgeSystem, session: aiohttp.ClientSession
+    system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
     device = await start_device(system)
@@ -453,11 +465,10 @@ async def test_lost_ack_regather_answers_duplicates(
     assert "'duplicate', None, 0, 0" in copy
     registry = (await seen(system))["tab-a"]
     assert (registry["lastGatherError"], registry["gatheredRecords"]) == (None, 2)
-    await device.server.close()
 
 
 async def test_unpaired_device_is_never_gathered(
-    system: EdgeSystem, session: aiohttp.ClientSession
+    system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     device = await start_device(system)
     device.encounters = [encounter("e-1")]
@@ -474,11 +485,10 @@ async def test_unpaired_device_is_never_gathered(
     await devices.on_seen(device.advert())  # its next advert: now it is gathered
     await g.idle()
     assert device.gets == 1 and device.pending == 0
-    await device.server.close()
 
 
 async def test_pages_while_more_and_rounds_are_bounded(
-    system: EdgeSystem, session: aiohttp.ClientSession
+    system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
     device = await start_device(system)
@@ -501,11 +511,10 @@ async def test_pages_while_more_and_rounds_are_bounded(
     g.request("tab-a")
     await g.idle()
     assert device.pending == 0 and device.gets == 3 + 12
-    await device.server.close()
 
 
 async def test_one_round_at_a_time_and_one_more_after_an_update(
-    system: EdgeSystem, session: aiohttp.ClientSession
+    system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
     device = await start_device(system)
@@ -527,11 +536,10 @@ async def test_one_round_at_a_time_and_one_more_after_an_update(
     assert device.gets == 2  # the round, then exactly one more
     assert [len(a["transitions"]) + len(a["encounters"]) for a in device.acks] == [1, 2]
     assert device.pending == 0
-    await device.server.close()
 
 
 async def test_addresses_tried_in_order_and_a_skewed_clock_learnt(
-    system: EdgeSystem, session: aiohttp.ClientSession
+    system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     await system.pair_tablet("tab-a")
     device = await start_device(system)
@@ -541,11 +549,10 @@ async def test_addresses_tried_in_order_and_a_skewed_clock_learnt(
     await see(system, device.advert(("127.0.0.2", "127.0.0.1")))
     outcome = await gatherer(system, session).gather_once("tab-a")
     assert (outcome.error, outcome.records) == (None, 1)
-    await device.server.close()
 
 
 async def test_a_refused_gather_is_recorded(
-    system: EdgeSystem, session: aiohttp.ClientSession
+    system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     await system.pair_tablet("tab-a")
     device = await start_device(system)
@@ -565,7 +572,7 @@ async def test_a_refused_gather_is_recorded(
 
 
 async def test_status_shows_devices_seen(
-    system: EdgeSystem, session: aiohttp.ClientSession
+    system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     await system.pair_tablet("tab-a")
     device = await start_device(system)

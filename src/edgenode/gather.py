@@ -40,6 +40,7 @@ from gateway.http import PREFIX, Clock
 from shared.discovery import host_of
 from shared.errors import ItemCode, PhsError
 from shared.signing import KeyPair
+from shared.values import is_identifier
 
 log = logging.getLogger("edgenode.gather")
 
@@ -64,7 +65,7 @@ class GatherOutcome:
     skipped: str | None = None  # why no round ran: not paired, not present, nothing pending
     pages: int = 0
     records: int = 0  # answered and acknowledged
-    rejected: int = 0  # of those, refused by the checks (not stored)
+    rejected: int = 0  # records refused by the checks (not stored)
     more: bool = False  # the page budget ran out with records left
     error: str | None = None
 
@@ -101,11 +102,16 @@ def read_page(doc: Any, device_id: str, limit: int) -> Page:
     return page
 
 
-def rejected(obj: Any, err: PhsError) -> Result:
-    """The result of a record that fails the checks: not stored, not offered again."""
+def rejected(obj: Any, err: PhsError) -> Result | None:
+    """The result of a record that fails the checks: not stored, not offered
+    again. None when the record has no usable id: there is nothing to
+    answer it by (and the device refuses a result without one)."""
     record_id = obj.get("id") if isinstance(obj, Mapping) else None
+    if not is_identifier(record_id):
+        log.warning("a gathered record without a usable id is ignored: %s", err.detail)
+        return None
     return {
-        "id": record_id if isinstance(record_id, str) else None,
+        "id": record_id,
         "status": "rejected",
         "code": ItemCode.VALIDATION_FAILED.value,
         "detail": err.detail,
@@ -232,7 +238,7 @@ class Gatherer:
                 client, "POST", ACKS_PATH, {"transitions": t_results, "encounters": e_results}
             )
             outcome.pages += 1
-            outcome.records += page.size
+            outcome.records += len(t_results) + len(e_results)
             outcome.rejected += refused
             left = ack.get("pending") if isinstance(ack, Mapping) else None
             pending = left if isinstance(left, int) and not isinstance(left, bool) else None
