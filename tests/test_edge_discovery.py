@@ -82,6 +82,7 @@ class FakeDevice:
         self.in_flight = 0
         self.most_in_flight = 0
         self.lose_acks = 0  # acknowledgements to lose (answered 503, nothing cleared)
+        self.ignore_acks = False  # answer acknowledgements but clear nothing
         self.gate: asyncio.Event | None = None  # when set: a GET waits for it, page in hand
         self.serving = asyncio.Event()  # a GET has its page
         app = web.Application()
@@ -164,6 +165,8 @@ class FakeDevice:
         doc = msgpack.unpackb(body)
         self.acks.append(doc)
         done = {r["id"] for r in doc["transitions"]} | {r["id"] for r in doc["encounters"]}
+        if self.ignore_acks:
+            done = set()
         before = self.pending
         self.transitions = [t for t in self.transitions if t.get("id") not in done]
         self.encounters = [e for e in self.encounters if e["id"] not in done]
@@ -511,6 +514,20 @@ async def test_pages_while_more_and_rounds_are_bounded(
     g.request("tab-a")
     await g.idle()
     assert device.pending == 0 and device.gets == 3 + 12
+
+
+async def test_a_device_that_clears_nothing_is_not_asked_again_at_once(
+    system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
+) -> None:
+    await system.pair_tablet("tab-a")
+    device = await start_device(system)
+    device.encounters = [encounter(f"e-{n}", patientRef=f"p-{n}") for n in range(3)]
+    device.ignore_acks = True
+    await see(system, device.advert())
+    g = gatherer(system, session, gather_page_size=1)
+    outcome = await g.gather_once("tab-a")
+    # The same page would come again and again: the round ends; the sweep retries later.
+    assert (outcome.pages, outcome.more, device.gets) == (1, False, 1)
 
 
 async def test_one_round_at_a_time_and_one_more_after_an_update(

@@ -209,6 +209,11 @@ class Gatherer:
         except GatherFailed as err:
             outcome.error = str(err)
             log.warning("gathering from %s stopped: %s", device_id, err)
+        except Exception as err:  # ours (the store): on the status page too, then raised
+            outcome.error = f"internal error: {err}"
+            async with self._db.write() as conn:
+                await record_gather(conn, device_id, self._clock(), outcome.records, outcome.error)
+            raise
         async with self._db.write() as conn:
             await record_gather(
                 conn, device_id, self._clock(), outcome.records, outcome.error, pending
@@ -240,9 +245,12 @@ class Gatherer:
             outcome.pages += 1
             outcome.records += len(t_results) + len(e_results)
             outcome.rejected += refused
-            left = ack.get("pending") if isinstance(ack, Mapping) else None
+            ack = ack if isinstance(ack, Mapping) else {}
+            left = ack.get("pending")
             pending = left if isinstance(left, int) and not isinstance(left, bool) else None
             if not page.more:
+                return pending
+            if ack.get("cleared") == 0:  # the same page would come again: wait for the sweep
                 return pending
             if outcome.pages >= MAX_PAGES_PER_ROUND:
                 outcome.more = True
