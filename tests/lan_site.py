@@ -169,11 +169,11 @@ class LanSite:
         doc: dict[str, Any] = json.loads(done.stdout)
         return doc
 
-    def field_fails(self, *args: str, timeout: float = 60) -> str:
-        """A ``phs-field`` command that must fail; its error output."""
+    def field_fails(self, *args: str, timeout: float = 60) -> tuple[dict[str, Any], str]:
+        """A ``phs-field`` command that must fail: its JSON output (if any) and stderr."""
         done = self.netns.run(sys.executable, "-m", "fielddevice.cli", *args, timeout=timeout)
         assert done.returncode != 0, f"phs-field {args[0]} succeeded:\n{done.stdout}"
-        return done.stderr
+        return (json.loads(done.stdout) if done.stdout.strip() else {}), done.stderr
 
     def field_service(self, name: str, device_dir: Path, *extra: str) -> Service:
         return self.service(
