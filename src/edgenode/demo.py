@@ -1,11 +1,18 @@
 """The main job on embedded defaults (``make demo``): gateway, edge node, tablets.
 
 Starts a real gateway (SQLite) and a real edge node as subprocesses, enrolls
-the node with the command ``edgenode init`` prints, pairs simulated tablets
-with one-time codes, lets them work offline-style against the edge (outreach
-transitions with real conflicts, encounters), has the edge sign a weekly
-facility report, and waits until the edge has forwarded everything. All
-figures printed are read back from the services.
+the node with the command ``edgenode init`` prints, pairs field devices
+(``fielddevice``, each with its own key and queue) with one-time codes, lets
+them work offline-style (outreach transitions with real conflicts,
+encounters), has the edge sign a weekly facility report, and waits until the
+edge has forwarded everything. All figures printed are read back from the
+services.
+
+LAN discovery needs multicast. When it can (root and ``ip``), the demo runs
+inside a private network namespace standing in for the office LAN, so no
+mDNS packet touches a real network: the tablets find the edge by its advert
+and the last one is gathered by the edge. Otherwise it says so and the
+tablets use the edge's configured address.
 """
 
 from __future__ import annotations
@@ -23,22 +30,28 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from edgenode.demo_tablets import LAN_INTERFACE, DemoTablets
+from fielddevice.device import FieldDevice
 from gateway.http import PREFIX
+from lan import namespace
 from shared.periods import PeriodType, previous_period, utc_bounds, zone
-from shared.signing import KeyPair, authorization_header
 from shared.values import format_timestamp
 
 TENANT = "district-1"
 FACILITY = "f-001"
 NODE_ID = "edge-01"
 TIME_ZONE = "Africa/Nairobi"
+FOUND = {
+    "discovery": "it found over mDNS (fp checked)",
+    "configured": "at its configured address",
+    "flag": "at the address given",
+}
 
 
 def say(message: str) -> None:
@@ -63,29 +76,6 @@ def cli(*args: str, env: Mapping[str, str] | None = None) -> str:
     return done.stdout.strip()
 
 
-@dataclass
-class Tablet:
-    device_id: str
-    keypair: KeyPair
-    edge: str
-
-    async def call(
-        self, session: aiohttp.ClientSession, method: str, path: str, document: Any = None
-    ) -> Any:
-        body = b"" if document is None else json.dumps(document).encode()
-        headers = {
-            "Authorization": authorization_header(
-                self.keypair, self.device_id, method, path, body, int(time.time())
-            ),
-            "Content-Type": "application/json",
-        }
-        async with session.request(method, self.edge + path, data=body, headers=headers) as resp:
-            doc = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise SystemExit(f"edge refused {method} {path}: {doc}")
-            return doc
-
-
 async def wait_until(session: aiohttp.ClientSession, url: str, what: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -100,8 +90,9 @@ async def wait_until(session: aiohttp.ClientSession, url: str, what: str) -> Non
 
 
 class Demo:
-    def __init__(self, data_dir: Path, items: int, tablets: int) -> None:
+    def __init__(self, data_dir: Path, items: int, tablets: int, discovery: bool) -> None:
         self.data_dir = data_dir
+        self.discovery = discovery
         self.items = items
         self.tablet_count = tablets
         self.gw_dir = data_dir / "gateway"
@@ -193,6 +184,7 @@ class Demo:
                 "127.0.0.1",
                 "--port",
                 self.edge.rsplit(":", 1)[1],
+                *(["--interface", LAN_INTERFACE] if self.discovery else ["--no-discovery"]),
             ],
             {
                 "PHS_EDGE_PULL_INTERVAL_SECONDS": "1",
@@ -204,17 +196,22 @@ class Demo:
         )
 
     async def run(self) -> None:
-        async with aiohttp.ClientSession() as session:
-            await wait_until(session, f"{self.gateway}/readyz", "the gateway")
-            await self.import_items(session)
-            self.start_edge()
-            await wait_until(session, f"{self.edge}/healthz", "the edge node")
-            tablets = await self.pair_tablets(session)
-            await self.wait_for_items(session, tablets[0])
-            await self.field_work(session, tablets)
-            self.sign_report()
-            await self.wait_for_drain(session)
-            await self.summary(session)
+        tablets = DemoTablets(self.data_dir, self.edge, NODE_ID, self.discovery, say)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await wait_until(session, f"{self.gateway}/readyz", "the gateway")
+                await self.import_items(session)
+                self.start_edge()
+                await wait_until(session, f"{self.edge}/healthz", "the edge node")
+                devices = await tablets.open(self.tablet_count)
+                await self.pair_tablets(session, tablets, devices)
+                await self.wait_for_items(session, tablets, devices[0])
+                await self.field_work(session, tablets, devices)
+                self.sign_report()
+                await self.wait_for_drain(session)
+                await self.summary(session)
+        finally:
+            await tablets.close()
 
     async def import_items(self, session: aiohttp.ClientSession) -> None:
         say(f"[3/8] importing {self.items} outreach items at the gateway (state assigned)")
@@ -234,114 +231,85 @@ class Demo:
                 if resp.status != 201:
                     raise SystemExit(f"gateway refused an item: {await resp.text()}")
 
-    async def pair_tablets(self, session: aiohttp.ClientSession) -> list[Tablet]:
-        say(f"[4/8] pairing {self.tablet_count} tablets with one-time codes")
-        tablets = []
-        for n in range(self.tablet_count):
-            tablet = Tablet(f"tab-{n + 1}", KeyPair.generate(), self.edge)
+    async def pair_tablets(
+        self, session: aiohttp.ClientSession, tablets: DemoTablets, devices: list[FieldDevice]
+    ) -> None:
+        how = "found over mDNS" if self.discovery else "at the configured edge address"
+        say(f"[4/8] pairing {len(devices)} field devices with one-time codes ({how})")
+        for device in devices:
             code = cli(
                 "edgenode.cli",
                 "pair-device",
                 "--device-id",
-                tablet.device_id,
+                device.device_id,
                 "--data-dir",
                 str(self.edge_dir),
             )
-            async with session.post(
-                f"{self.edge}{PREFIX}/devices/pair",
-                json={
-                    "pairingCode": code,
-                    "deviceId": tablet.device_id,
-                    "publicKey": tablet.keypair.public_key_b64,
-                },
-            ) as resp:
-                answer = await resp.json()
-                if resp.status != 201:
-                    raise SystemExit(f"pairing refused: {answer}")
-            say(
-                f"      {tablet.device_id}: code {code} → paired with node "
-                f"{answer['nodeId']} (fp {answer['fp']})"
-            )
-            tablets.append(tablet)
-        return tablets
+            line = await tablets.pair(session, device, code)
+            say(f"      {device.device_id}: code {code}: {line}")
 
-    async def wait_for_items(self, session: aiohttp.ClientSession, tablet: Tablet) -> None:
+    async def wait_for_items(
+        self, session: aiohttp.ClientSession, tablets: DemoTablets, device: FieldDevice
+    ) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            doc = await tablet.call(session, "GET", f"{PREFIX}/outreach-items?limit=5000")
-            if len(doc["items"]) >= self.items:
-                say(f"      the edge pulled {len(doc['items'])} items from the gateway")
+            await tablets.sync(session, device)
+            items = await device.store.items()
+            if len(items) >= self.items:
+                say(f"      the edge pulled {len(items)} items from the gateway; tablets read them")
                 return
             await asyncio.sleep(0.3)
         raise SystemExit("the edge did not pull the items within 30 s")
 
-    async def field_work(self, session: aiohttp.ClientSession, tablets: list[Tablet]) -> None:
-        say("[5/8] tablets push outreach work and encounters to the edge")
+    async def field_work(
+        self, session: aiohttp.ClientSession, tablets: DemoTablets, devices: list[FieldDevice]
+    ) -> None:
+        say("[5/8] tablets record outreach work and encounters offline, then sync")
         now = datetime.now(UTC)
-        counts: Counter[str] = Counter()
+        steps_all = [
+            ("assigned", "in_progress"),
+            ("in_progress", "contacted"),
+            ("contacted", "completed"),
+        ]
         for n in range(self.items):
-            tablet = tablets[n % len(tablets)]
+            device = devices[n % len(devices)]
             item = f"oi-{n:04d}"
-            steps = [
-                ("assigned", "in_progress"),
-                ("in_progress", "contacted"),
-                ("contacted", "completed"),
-            ]
             # oi-0000 stops at contacted: a second tablet's report then races it (below).
-            steps = steps[:2] if n == 0 else steps[: self.rng.choice([1, 2, 3, 3])]
-            transitions = [
-                self.transition(
-                    f"{item}-{k}", item, frm, to, tablet.device_id, now - timedelta(hours=3 - k)
+            steps = steps_all[:2] if n == 0 else steps_all[: self.rng.choice([1, 2, 3, 3])]
+            for k, (frm, to) in enumerate(steps):
+                await device.record_transition(
+                    item, frm, to, now - timedelta(hours=3 - k), "chw-7", f"{item}-{k}"
                 )
-                for k, (frm, to) in enumerate(steps)
-            ]
-            doc = await tablet.call(
-                session, "POST", f"{PREFIX}/sync/outreach", {"transitions": transitions}
-            )
-            counts.update(r["status"] for r in doc["results"])
         # Two tablets visited one patient while offline: the later report wins (LWW).
-        other = tablets[1 % len(tablets)]
-        doc = await other.call(
-            session,
-            "POST",
-            f"{PREFIX}/sync/outreach",
-            {
-                "transitions": [
-                    self.transition(
-                        "late-visit",
-                        "oi-0000",
-                        "in_progress",
-                        "unreachable",
-                        other.device_id,
-                        now - timedelta(minutes=5),
-                    )
-                ]
-            },
+        other = devices[1 % len(devices)]
+        await other.record_transition(
+            "oi-0000",
+            "in_progress",
+            "unreachable",
+            now - timedelta(minutes=5),
+            "chw-7",
+            "late-visit",
         )
-        counts.update(r["status"] for r in doc["results"])
-        say(f"      edge answers (local): {dict(counts)}")
         encounters = self.encounters(now)
-        for start in range(0, len(encounters), 100):
-            await tablets[0].call(
-                session,
-                "POST",
-                f"{PREFIX}/sync/encounters",
-                {"encounters": encounters[start : start + 100]},
+        for encounter in encounters:
+            await devices[0].record_encounter(encounter)
+        say(f"      {len(encounters)} encounters recorded on {devices[0].device_id}")
+        gathered = devices[-1] if self.discovery and len(devices) > 1 else None
+        counts: Counter[str] = Counter()
+        for device in devices:
+            if device is gathered:
+                continue
+            summary = await tablets.sync(session, device)
+            counts.update(summary["pushed"]["results"])
+            sent = summary["pushed"]["sent"]
+            say(
+                f"      {device.device_id} pushed {sent['transitions']} transitions and "
+                f"{sent['encounters']} encounters to the edge {FOUND[summary['found']]}"
             )
-        say(f"      {len(encounters)} encounters recorded (kept on the edge, never forwarded)")
-
-    def transition(
-        self, tid: str, item: str, frm: str, to: str, device: str, at: datetime
-    ) -> dict[str, Any]:
-        return {
-            "id": tid,
-            "itemId": item,
-            "from": frm,
-            "to": to,
-            "occurredAt": format_timestamp(at),
-            "deviceId": device,
-            "actorId": "chw-7",
-        }
+        say(f"      edge answers (local): {dict(counts)}")
+        if gathered is not None:
+            count = await tablets.wait_to_be_gathered(gathered)
+            say(f"      the edge gathered {count} records from {gathered.device_id}")
 
     def encounters(self, now: datetime) -> list[dict[str, Any]]:
         tz = zone(TIME_ZONE)
@@ -427,6 +395,13 @@ class Demo:
         ) as resp:
             events = (await resp.json())["events"]
         say(f"      events: {dict(Counter(e['type'] for e in events))}")
+        status = json.loads(cli("edgenode.cli", "status", "--data-dir", str(self.edge_dir)))
+        for seen in status["devicesSeen"]:
+            say(
+                f"      the edge saw {seen['deviceId']} on the LAN at "
+                f"{', '.join(seen['addresses'])}:{seen['port']} (paired: {seen['paired']}, "
+                f"gathered {seen['gatheredRecords']} records)"
+            )
         say(f"done: edge status page was {self.edge}/ ; logs and databases stay in {self.data_dir}")
 
 
@@ -435,13 +410,55 @@ def main() -> None:
     parser.add_argument("--data-dir", default="demo-data", type=Path)
     parser.add_argument("--items", default=200, type=int)
     parser.add_argument("--tablets", default=3, type=int)
+    parser.add_argument(
+        "--no-discovery", action="store_true", help="tablets use the configured edge address"
+    )
+    parser.add_argument("--inside-namespace", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    demo = Demo(args.data_dir, args.items, args.tablets)
+    if args.inside_namespace is None and not args.no_discovery:
+        reason = namespace.unavailable_reason()
+        if reason is None:
+            raise SystemExit(_run_in_namespace())
+        say(
+            f"LAN discovery is not available here ({reason}): the tablets fall back to "
+            "the edge's configured address, and none is gathered"
+        )
+    elif args.no_discovery:
+        say("LAN discovery is off (--no-discovery): the tablets use the edge's configured address")
+    demo = Demo(args.data_dir, args.items, args.tablets, args.inside_namespace is not None)
     demo.set_up()
     try:
         asyncio.run(demo.run())
     finally:
         demo.stop()
+
+
+def _run_in_namespace() -> int:
+    """Run this demo again inside a private network namespace: the office LAN."""
+    name = f"phs-demo-{os.getpid()}"
+    try:
+        namespace.create(name)
+    except namespace.NamespaceUnavailable as err:
+        say(f"LAN discovery is not available here ({err}): rerun with --no-discovery")
+        return 1
+    say(
+        f"LAN discovery: the office LAN is a private network namespace ({name}); mDNS "
+        "stays inside it, and the tablets find the edge by its advert"
+    )
+    try:
+        return subprocess.call(
+            [
+                *namespace.exec_prefix(name),
+                sys.executable,
+                "-m",
+                "edgenode.demo",
+                "--inside-namespace",
+                name,
+                *sys.argv[1:],
+            ]
+        )
+    finally:
+        namespace.delete(name)
 
 
 if __name__ == "__main__":
