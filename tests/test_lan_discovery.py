@@ -263,3 +263,41 @@ async def test_an_edge_restart_is_rediscovered_by_edge_and_tablet(
         await eventually(synced_after_restart, "the record pushed or gathered after the restart")
     finally:
         site.stop_all()
+
+
+async def test_simulated_tablets_push_and_are_gathered_over_multicast(
+    netns: NetworkNamespace, tmp_path: Path
+) -> None:
+    """``phs-field simulate --mode mixed``: half the tablets push to the edge they
+    find, half only advertise and are gathered; every record reaches the edge."""
+    site = LanSite(netns, tmp_path)
+    try:
+        await site.start_gateway(ITEMS)
+        edge_dir = site.init_edge("edge", "edge-01")
+        port = netns.port()
+        await site.start_edge(site.edge("edge", edge_dir, port), port)
+
+        async def items_pulled() -> bool:
+            return edge_item_count(edge_dir) == len(ITEMS)
+
+        await eventually(items_pulled, "the edge pulling the gateway's items")
+        summary = site.field(
+            "simulate", "--devices", "6", "--transitions", "4", "--mode", "mixed",
+            "--edge-data-dir", str(edge_dir), "--data-dir", str(tmp_path / "sim"),
+            "--interface", INTERFACE, "--timeout", "60",
+            timeout=120,
+        )  # fmt: skip
+        assert summary["complete"] is True and summary["effectiveMode"] == "mixed"
+        assert summary["recorded"] == 6 * 4
+        assert summary["synced"]["push"] > 0 and summary["synced"]["gather"] > 0
+        assert summary["synced"]["push"] + summary["synced"]["gather"] == 6 * 4
+        by_device = {d["deviceId"]: d["mode"] for d in summary["perDevice"]}
+        held = edge_transitions(edge_dir)
+        assert len(held) == 6 * 4
+        assert {device for _, device, _ in held} == set(by_device)
+        seen = devices_seen(site, edge_dir)
+        gathered = {d for d, mode in by_device.items() if mode == "gather"}
+        # (A push-mode tablet also advertises: the edge may gather it before it pushes.)
+        assert gathered <= {d for d, s in seen.items() if s["gatheredRecords"] > 0}
+    finally:
+        site.stop_all()
