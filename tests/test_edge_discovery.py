@@ -3,9 +3,11 @@
 The devices-seen registry, and the gatherer against a small real aiohttp
 server on 127.0.0.1 that implements the two documented device endpoints
 (``GET …/field/pending``, ``POST …/field/acks``): it checks the edge's
-signature with the node's public key, serves records oldest first, and
-records the acknowledgements. Gathered records must be stored exactly as a
-push would store them. Real multicast is in the netns tests.
+signature with the node's public key, serves records oldest first, signs
+its answers with its own key, and records the acknowledgements. Gathered
+records must be stored exactly as a push would store them, and an answer the
+paired device did not sign for the request is not stored at all. Real
+multicast is in the netns tests.
 """
 
 from __future__ import annotations
@@ -44,7 +46,14 @@ from harness import PREFIX, START, FakeClock
 from lan.interfaces import NoUsableInterface
 from shared.discovery import FieldAdvert
 from shared.errors import PhsError, UnknownKey
-from shared.signing import KeyPair, parse_authorization, verify_request
+from shared.signing import (
+    ANSWER_HEADER,
+    NONCE_HEADER,
+    KeyPair,
+    answer_signature_header,
+    parse_authorization,
+    verify_request,
+)
 
 MSGPACK = "application/msgpack"
 FIELD_TABLES = ("transitions", "items", "encounters")
@@ -69,12 +78,17 @@ def encounter(eid: str, facility: str = "f-001", **extra: Any) -> dict[str, Any]
 class FakeDevice:
     """``GET …/field/pending`` and ``POST …/field/acks`` of one device, on loopback."""
 
-    def __init__(self, device_id: str, node_id: str, node_key: bytes, clock: FakeClock) -> None:
+    def __init__(
+        self, device_id: str, keypair: KeyPair, node_id: str, node_key: bytes, clock: FakeClock
+    ) -> None:
         self.device_id = device_id
+        self.keypair = keypair  # the device's own, paired with the node
         self.node_id = node_id
         self.node_key = node_key  # the key it stored at pairing
         self.clock = clock
         self.skew = 0.0  # the device's clock minus the edge's
+        self.sign_properly()
+        self.chunked = False  # stream the answer without a Content-Length
         self.transitions: list[dict[str, Any]] = []  # unsynced, oldest first
         self.encounters: list[dict[str, Any]] = []
         self.acks: list[dict[str, Any]] = []
@@ -89,6 +103,16 @@ class FakeDevice:
         app.router.add_get(f"{PREFIX}/field/pending", self._pending)
         app.router.add_post(f"{PREFIX}/field/acks", self._acks)
         self.server = TestServer(app, host="127.0.0.1")
+
+    def sign_properly(self) -> None:
+        """Sign answers as docs/discovery.md lays down; tests spoil one of these
+        (an impostor's or a broken device's ways)."""
+        self.signer: KeyPair | None = self.keypair  # None: unsigned
+        self.key_id = self.device_id  # the keyId it signs as
+        self.answer_skew = 0.0  # added to the ts of its answer signature
+        self.nonce: str | None = None  # sign over this nonce, not the request's
+        self.tamper: Callable[[bytes], bytes] | None = None  # changes the body after signing
+        self.sign_acks = True  # False: the acknowledgement's answer goes unsigned
 
     @property
     def pending(self) -> int:
@@ -114,6 +138,31 @@ class FakeDevice:
             headers={"Date": http_date(self._now())},
         )
 
+    async def _answer(
+        self, request: web.Request, doc: dict[str, Any], signer: KeyPair | None
+    ) -> web.StreamResponse:
+        """``doc`` in msgpack, signed as docs/discovery.md lays down (or spoilt)."""
+        body = msgpack.packb(doc)
+        headers = {}
+        if signer is not None:
+            nonce = request.headers.get(NONCE_HEADER, "") if self.nonce is None else self.nonce
+            ts = int(self._now().timestamp() + self.answer_skew)
+            headers[ANSWER_HEADER] = answer_signature_header(
+                signer, self.key_id, request.method, request.raw_path, nonce, body, ts
+            )
+        if self.tamper is not None:
+            body = self.tamper(body)
+        if not self.chunked:
+            return web.Response(body=body, content_type=MSGPACK, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        response.content_type = MSGPACK
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(body), 512):
+            await response.write(body[start : start + 512])
+        await response.write_eof()
+        return response
+
     def _check(self, request: web.Request, body: bytes) -> None:
         auth = parse_authorization(request.headers.get("Authorization"))
         if auth.key_id != self.node_id:
@@ -128,7 +177,7 @@ class FakeDevice:
             300,
         )
 
-    async def _pending(self, request: web.Request) -> web.Response:
+    async def _pending(self, request: web.Request) -> web.StreamResponse:
         try:
             self._check(request, await request.read())
         except PhsError as err:
@@ -149,11 +198,11 @@ class FakeDevice:
             self.serving.set()
             if self.gate is not None:
                 await self.gate.wait()
-            return web.Response(body=msgpack.packb(doc), content_type=MSGPACK)
+            return await self._answer(request, doc, self.signer)
         finally:
             self.in_flight -= 1
 
-    async def _acks(self, request: web.Request) -> web.Response:
+    async def _acks(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         try:
             self._check(request, body)
@@ -171,7 +220,7 @@ class FakeDevice:
         self.transitions = [t for t in self.transitions if t.get("id") not in done]
         self.encounters = [e for e in self.encounters if e["id"] not in done]
         answer = {"cleared": before - self.pending, "pending": self.pending}
-        return web.Response(body=msgpack.packb(answer), content_type=MSGPACK)
+        return await self._answer(request, answer, self.signer if self.sign_acks else None)
 
 
 @pytest.fixture
@@ -188,17 +237,24 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-StartDevice = Callable[[EdgeSystem], Awaitable[FakeDevice]]
+StartDevice = Callable[..., Awaitable[FakeDevice]]
 
 
 @pytest.fixture
 async def start_device() -> AsyncIterator[StartDevice]:
-    """Start a device's API for a node (closed after the test, whatever happens)."""
+    """Start a device's API for a node, with the device's key (a fresh one if
+    none is given); closed after the test, whatever happens."""
     started: list[FakeDevice] = []
 
-    async def start(system: EdgeSystem) -> FakeDevice:
+    async def start(system: EdgeSystem, keypair: KeyPair | None = None) -> FakeDevice:
         s = system.edge_settings
-        device = FakeDevice("tab-a", s.node_id, system.node_key.public_key, system.edge_clock)
+        device = FakeDevice(
+            "tab-a",
+            keypair or KeyPair.generate(),
+            s.node_id,
+            system.node_key.public_key,
+            system.edge_clock,
+        )
         started.append(device)
         await device.server.start_server()
         return device
@@ -359,7 +415,7 @@ async def test_gathered_records_are_stored_exactly_as_pushed(
         t_results = await pushed.push_transitions(tablet, transitions)
         e_results = await pushed.push_encounters(tablet, encounters)
 
-        device = await start_device(gathered)
+        device = await start_device(gathered, key)
         device.transitions, device.encounters = list(transitions), list(encounters)
         await see(gathered, device.advert())
         wake = gathered.edge.app[OUTBOX_WAKE]
@@ -389,7 +445,7 @@ async def test_invalid_records_are_rejected_and_not_stored(
     system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
-    device = await start_device(system)
+    device = await start_device(system, tablet.keypair)
     good = tablet.transition("t-1", "oi-1", "assigned", "in_progress")
     device.transitions = [
         {"id": "t-bad", "itemId": "oi-1", "from": "assigned"},  # fields missing
@@ -436,7 +492,7 @@ async def test_lost_ack_regather_answers_duplicates(
     system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
-    device = await start_device(system)
+    device = await start_device(system, tablet.keypair)
     device.transitions = [tablet.transition("t-1", "oi-1", "assigned", "in_progress")]
     device.encounters = [encounter("e-1")]
     device.lose_acks = 1
@@ -484,7 +540,7 @@ async def test_unpaired_device_is_never_gathered(
     await g.idle()
     assert device.gets == 0  # not even asked
 
-    await system.pair_tablet("tab-a")
+    await system.pair_tablet("tab-a", device.keypair)
     await devices.on_seen(device.advert())  # its next advert: now it is gathered
     await g.idle()
     assert device.gets == 1 and device.pending == 0
@@ -494,7 +550,7 @@ async def test_pages_while_more_and_rounds_are_bounded(
     system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
-    device = await start_device(system)
+    device = await start_device(system, tablet.keypair)
     device.transitions = [
         tablet.transition(f"t-{n}", "oi-1", "assigned", "in_progress") for n in range(5)
     ]
@@ -519,8 +575,8 @@ async def test_pages_while_more_and_rounds_are_bounded(
 async def test_a_device_that_clears_nothing_is_not_asked_again_at_once(
     system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
-    await system.pair_tablet("tab-a")
-    device = await start_device(system)
+    tablet = await system.pair_tablet("tab-a")
+    device = await start_device(system, tablet.keypair)
     device.encounters = [encounter(f"e-{n}", patientRef=f"p-{n}") for n in range(3)]
     device.ignore_acks = True
     await see(system, device.advert())
@@ -534,7 +590,7 @@ async def test_one_round_at_a_time_and_one_more_after_an_update(
     system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
-    device = await start_device(system)
+    device = await start_device(system, tablet.keypair)
     device.transitions = [tablet.transition("t-1", "oi-1", "assigned", "in_progress")]
     device.gate = asyncio.Event()
     g = gatherer(system, session)
@@ -558,8 +614,8 @@ async def test_one_round_at_a_time_and_one_more_after_an_update(
 async def test_addresses_tried_in_order_and_a_skewed_clock_learnt(
     system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
-    await system.pair_tablet("tab-a")
-    device = await start_device(system)
+    tablet = await system.pair_tablet("tab-a")
+    device = await start_device(system, tablet.keypair)
     device.encounters = [encounter("e-1")]
     device.skew = 1000.0  # the tablet's clock is 1000 s ahead of the node's
     # 127.0.0.2 is loopback too, but nothing listens there on that port.
@@ -571,8 +627,8 @@ async def test_addresses_tried_in_order_and_a_skewed_clock_learnt(
 async def test_a_refused_gather_is_recorded(
     system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
-    await system.pair_tablet("tab-a")
-    device = await start_device(system)
+    tablet = await system.pair_tablet("tab-a")
+    device = await start_device(system, tablet.keypair)
     device.node_key = KeyPair.generate().public_key  # it was paired with another node
     device.encounters = [encounter("e-1")]
     before = await stored(system)
@@ -588,11 +644,104 @@ async def test_a_refused_gather_is_recorded(
     assert outcome.error is not None and outcome.error.startswith("unreachable")
 
 
+SPOILT_ANSWERS: list[tuple[str, dict[str, Any], str]] = [
+    ("unsigned", {"signer": None}, "unauthenticated: PHS-Signature header"),
+    ("signed by another key", {"signer": KeyPair.generate()}, "bad_signature"),
+    ("signed as another device", {"key_id": "tab-b"}, "unknown_key: the answer is signed by tab-b"),
+    ("changed after signing", {"tamper": lambda b: b.replace(b"e-1", b"e-9")}, "bad_signature"),
+    ("signed for another request", {"nonce": "an-earlier-nonce"}, "bad_signature"),
+    ("signed ten minutes ahead", {"answer_skew": 600.0}, "clock_skew"),
+    ("signed ten minutes behind", {"answer_skew": -600.0}, "clock_skew"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "spoil", "expected"), SPOILT_ANSWERS, ids=[c[0] for c in SPOILT_ANSWERS]
+)
+async def test_an_answer_the_device_did_not_sign_is_not_stored(
+    system: EdgeSystem,
+    session: aiohttp.ClientSession,
+    start_device: StartDevice,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+    spoil: dict[str, Any],
+    expected: str,
+) -> None:
+    # Whoever answers on the device's address (or advertises its id) with
+    # records it did not sign for this very request puts nothing in.
+    tablet = await system.pair_tablet("tab-a")
+    device = await start_device(system, tablet.keypair)
+    device.transitions = [tablet.transition("t-1", "oi-1", "assigned", "in_progress")]
+    device.encounters = [encounter("e-1", patientRef="p-secret")]
+    for name, value in spoil.items():
+        setattr(device, name, value)
+    before = await stored(system)
+    await see(system, device.advert())
+    caplog.set_level(logging.INFO, "edgenode.gather")
+    outcome = await gatherer(system, session).gather_once("tab-a")
+
+    assert outcome.error is not None and outcome.error.startswith(
+        f"GET {PREFIX}/field/pending: answer refused, "
+    )
+    assert expected in outcome.error
+    assert (outcome.pages, outcome.records) == (0, 0)
+    assert await stored(system) == before  # nothing stored
+    assert device.gets == 1 and device.acks == [] and device.pending == 2  # nothing acknowledged
+    registry = (await seen(system))["tab-a"]
+    assert (registry["lastGatherError"], registry["gatheredRecords"]) == (outcome.error, 0)
+    assert f"gathering from tab-a stopped: {outcome.error}" in caplog.text
+    assert "p-secret" not in caplog.text + outcome.error  # no PHI in the log or the registry
+
+    device.sign_properly()  # the device itself, signing properly again, is gathered
+    outcome = await gatherer(system, session).gather_once("tab-a")
+    assert (outcome.error, outcome.records, device.pending) == (None, 2, 0)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_an_oversized_answer_is_refused(
+    system: EdgeSystem,
+    session: aiohttp.ClientSession,
+    start_device: StartDevice,
+    chunked: bool,
+) -> None:
+    tablet = await system.pair_tablet("tab-a")
+    device = await start_device(system, tablet.keypair)
+    device.encounters = [encounter(f"e-{n}", patientRef=f"p-{n}") for n in range(40)]
+    device.chunked = chunked  # no Content-Length: the cap holds while reading
+    before = await stored(system)
+    await see(system, device.advert())
+    outcome = await gatherer(system, session, max_body_bytes=2048).gather_once("tab-a")
+    assert outcome.error == f"GET {PREFIX}/field/pending?limit=500: answer over 2048 bytes"
+    assert await stored(system) == before
+    assert device.acks == [] and device.pending == 40
+    assert (await seen(system))["tab-a"]["lastGatherError"] == outcome.error
+
+    outcome = await gatherer(system, session).gather_once("tab-a")  # under the default cap
+    assert (outcome.error, outcome.records, device.pending) == (None, 40, 0)
+
+
+async def test_an_unsigned_acknowledgement_answer_is_not_believed(
+    system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
+) -> None:
+    tablet = await system.pair_tablet("tab-a")
+    device = await start_device(system, tablet.keypair)
+    device.encounters = [encounter("e-1"), encounter("e-2", patientRef="p-2")]
+    device.sign_acks = False
+    await see(system, device.advert())
+    outcome = await gatherer(system, session).gather_once("tab-a")
+    assert outcome.error is not None
+    assert outcome.error.startswith(f"POST {PREFIX}/field/acks: answer refused, unauthenticated")
+    assert device.pending == 0  # the signed page was stored and acknowledged ...
+    registry = (await seen(system))["tab-a"]
+    assert registry["pending"] == 2  # ... but the unsigned count is not taken
+    assert registry["lastGatherError"] == outcome.error
+
+
 async def test_status_shows_devices_seen(
     system: EdgeSystem, session: aiohttp.ClientSession, start_device: StartDevice
 ) -> None:
-    await system.pair_tablet("tab-a")
-    device = await start_device(system)
+    tablet = await system.pair_tablet("tab-a")
+    device = await start_device(system, tablet.keypair)
     device.encounters = [encounter("e-1")]
     await see(system, device.advert())
     await see(system, FieldAdvert("tab-b._phs-field._tcp.local.", "tab-b", 3, 9, ("10.0.0.9",)))

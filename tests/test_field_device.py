@@ -28,6 +28,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edge_harness import EdgeSystem, closed_url, edge_system, encode
+from edgenode.devices_seen import record_seen
+from edgenode.gather import Gatherer
+from edgenode.http import EDGE_DB, OUTBOX_WAKE
+from edgenode.intake import OUTREACH_INTAKE
 from edgenode.keys import load_key
 from edgenode.settings import load_edge_settings
 from fielddevice.client import PairingRefused, check_pair_answer
@@ -46,10 +50,18 @@ from fielddevice.settings import FieldSettings
 from fielddevice.simulate import plan_walk, read_codes
 from fielddevice.store import FieldStore, Pairing
 from harness import PREFIX, START, FakeClock, assert_problem, document
-from shared.discovery import EdgeAdvert
+from shared.discovery import EdgeAdvert, FieldAdvert
 from shared.encoding import JSON, MSGPACK
-from shared.errors import AlreadyExists, OutOfScope, ValidationFailed
-from shared.signing import KeyPair, authorization_header, fingerprint
+from shared.errors import AlreadyExists, BadSignature, OutOfScope, ValidationFailed
+from shared.signing import (
+    ANSWER_HEADER,
+    NONCE_HEADER,
+    KeyPair,
+    authorization_header,
+    fingerprint,
+    parse_answer_signature,
+    verify_answer,
+)
 
 PENDING = f"{PREFIX}/field/pending"
 ACKS = f"{PREFIX}/field/acks"
@@ -306,10 +318,13 @@ class Gather:
         ts: int | None = None,
         signed: bool = True,
         spoil: bool = False,
+        nonce: str | None = None,
     ) -> Any:
         raw = body if body is not None else (b"" if doc is None else encode(doc, fmt))
         media = JSON if fmt == "json" else MSGPACK
         headers = {"Accept": media}
+        if nonce is not None:
+            headers[NONCE_HEADER] = nonce
         if raw:
             headers["Content-Type"] = media
         if signed:
@@ -387,6 +402,117 @@ async def test_acks_mark_records_synced_by_gather_and_are_idempotent(
 
 WRONG_KEY = KeyPair.generate()
 NOW = int(START.timestamp())
+
+
+async def paired_key(system: EdgeSystem, device_id: str) -> bytes:
+    """The device's public key as the edge stored it at pairing."""
+    async with system.edge_db.read() as conn:
+        cursor = await conn.execute(
+            "SELECT public_key FROM devices WHERE device_id = ? AND status = 'active'",
+            (device_id,),
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return bytes(row[0])
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+async def test_answers_are_signed_with_the_device_key(
+    gather: Gather, system: EdgeSystem, device: FieldDevice, fmt: str
+) -> None:
+    key = await paired_key(system, "tab-a")
+    assert key == device.keypair.public_key
+    path = f"{PENDING}?limit=2"
+    resp = await gather.request("GET", path, fmt=fmt, nonce="n-1")
+    body = await resp.read()
+    assert resp.status == 200, body
+    auth = parse_answer_signature(resp.headers[ANSWER_HEADER])
+    assert (auth.key_id, auth.ts) == ("tab-a", NOW)  # the device's id, its clock
+    verify_answer(auth, "tab-a", key, "GET", path, "n-1", body, NOW)
+
+    # Any change to the answer, or to the request it answers, breaks it.
+    spoilt: list[tuple[str, str, str, bytes, bytes]] = [
+        ("GET", path, "n-1", body.replace(b"t-1", b"t-9"), key),  # a record changed
+        ("GET", path, "n-1", body + b" ", key),  # a byte added
+        ("GET", path, "n-1", body[:-1], key),  # a byte cut
+        ("GET", path, "n-2", body, key),  # an answer to another request (its nonce)
+        ("GET", PENDING, "n-1", body, key),  # ... to another query
+        ("POST", path, "n-1", body, key),  # ... to another method
+        ("GET", path, "n-1", body, WRONG_KEY.public_key),  # another device's key
+    ]
+    for method, where, nonce, answer, public_key in spoilt:
+        with pytest.raises(BadSignature):
+            verify_answer(auth, "tab-a", public_key, method, where, nonce, answer, NOW)
+
+    # The acknowledgement's answer is signed the same way.
+    ack = {"transitions": [{"id": "t-1", "status": "applied", "state": "in_progress"}]}
+    resp = await gather.request("POST", ACKS, ack, fmt=fmt, nonce="n-3")
+    body = await resp.read()
+    assert resp.status == 200, body
+    auth = parse_answer_signature(resp.headers[ANSWER_HEADER])
+    verify_answer(auth, "tab-a", key, "POST", ACKS, "n-3", body, NOW)
+    with pytest.raises(BadSignature):
+        verify_answer(auth, "tab-a", key, "GET", ACKS, "n-3", body, NOW)
+
+    # Without a nonce, the signature covers an empty one.
+    resp = await gather.request("GET", PENDING)
+    body = await resp.read()
+    auth = parse_answer_signature(resp.headers[ANSWER_HEADER])
+    verify_answer(auth, "tab-a", key, "GET", PENDING, "", body, NOW)
+
+
+@pytest.mark.parametrize("nonce", ["", "two words", "a\tb", "n" * 129, "é"])
+async def test_a_bad_nonce_is_refused_and_changes_nothing(
+    gather: Gather, device: FieldDevice, nonce: str
+) -> None:
+    if nonce == "":  # an empty header is no nonce at all
+        resp = await gather.request("GET", PENDING, nonce=nonce)
+        assert resp.status == 200
+        return
+    before = await rows(device.store)
+    ack = {"transitions": [{"id": "t-1", "status": "applied"}]}
+    for resp in (
+        await gather.request("GET", PENDING, nonce=nonce),
+        await gather.request("POST", ACKS, ack, nonce=nonce),
+    ):
+        problem = await assert_problem(resp, 422, "validation_failed")
+        assert problem["field"] == NONCE_HEADER and ANSWER_HEADER not in resp.headers
+    assert await rows(device.store) == before
+
+
+async def test_the_edge_gathers_from_the_real_device_api(
+    system: EdgeSystem, device: FieldDevice, session: aiohttp.ClientSession
+) -> None:
+    # Both halves of the answer signature: the device's API signs, the
+    # edge's gatherer verifies with the key it stored at pairing.
+    await paired(device, system, session)
+    await device.record_transition("oi-1", "assigned", "in_progress", record_id="t-1")
+    await device.record_encounter(encounter("e-1"))
+    runtime = DeviceRuntime(device, "127.0.0.1", 0)
+    await runtime.start()
+    try:
+        advert = FieldAdvert(
+            "tab-a._phs-field._tcp.local.", "tab-a", 2, runtime.port, ("127.0.0.1",)
+        )
+        async with system.edge_db.write() as conn:
+            await record_seen(conn, advert, system.edge_clock())
+        app = system.edge.app
+        gatherer = Gatherer(
+            app[EDGE_DB],
+            app[OUTREACH_INTAKE],
+            app[OUTBOX_WAKE],
+            session,
+            system.node_key,
+            system.edge_settings,
+            system.edge_clock,
+        )
+        outcome = await gatherer.gather_once("tab-a")
+    finally:
+        await runtime.stop()
+    assert (outcome.error, outcome.records, outcome.rejected) == (None, 2, 0)
+    assert await device.store.pending_total() == 0
+    assert (await device.status())["synced"] == {"push": 0, "gather": 2}
+
 
 REFUSED: list[tuple[str, dict[str, Any], int, str]] = [
     ("unsigned", {"signed": False}, 401, "unauthenticated"),

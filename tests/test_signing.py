@@ -1,4 +1,4 @@
-"""shared.signing: Ed25519 keys and the PHS-Ed25519 request signature."""
+"""shared.signing: Ed25519 keys, the PHS-Ed25519 request signature and the answer signature."""
 
 from __future__ import annotations
 
@@ -7,17 +7,31 @@ import hashlib
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from shared.errors import BadSignature, ClockSkew, MissingCredentials, ValidationFailed
+from shared.errors import (
+    BadSignature,
+    ClockSkew,
+    MissingCredentials,
+    UnknownKey,
+    ValidationFailed,
+)
 from shared.signing import (
+    ANSWER_HEADER,
+    NONCE_HEADER,
     SCHEME,
     KeyPair,
     SignedAuth,
+    answer_signature_header,
+    answer_signing_string,
     authorization_header,
     fingerprint,
+    parse_answer_signature,
     parse_authorization,
     public_key_from,
     signing_string,
+    verify_answer,
     verify_request,
     verify_signature,
 )
@@ -325,3 +339,148 @@ def test_parse_authorization_malformed(header: str, detail: str) -> None:
 def test_authorization_header_refuses_bad_key_id() -> None:
     with pytest.raises(ValueError):
         authorization_header(KEYPAIR, "bad id", "GET", "/", b"", NOW)  # space not allowed
+
+
+# ---------------------------------------------------------------- answer signatures
+
+PENDING = "/api/v1/population-health/field/pending?limit=500"
+ANSWER = b"\x84\xa8deviceId\xa5tab-a"
+NONCE = "3f2a9c0d5e6b7a8190a1b2c3d4e5f607"
+
+
+def _answer(
+    method: str = "GET",
+    path: str = PENDING,
+    nonce: str = NONCE,
+    body: bytes = ANSWER,
+    ts: int = NOW,
+    key_id: str = "tab-a",
+) -> SignedAuth:
+    return parse_answer_signature(
+        answer_signature_header(KEYPAIR, key_id, method, path, nonce, body, ts)
+    )
+
+
+def test_answer_signing_string_layout() -> None:
+    digest = hashlib.sha256(ANSWER).hexdigest()
+    expected = f"phs-answer v1\nGET {PENDING}\n{NONCE}\n{NOW}\n{digest}".encode()
+    assert answer_signing_string("get", PENDING, NONCE, NOW, ANSWER) == expected
+    empty = hashlib.sha256(b"").hexdigest()
+    assert answer_signing_string("POST", "/x", "", 0, b"") == (
+        f"phs-answer v1\nPOST /x\n\n0\n{empty}".encode()  # no nonce: an empty line
+    )
+
+
+@pytest.mark.parametrize("nonce", ["a b", "a\nb", "n" * 129, "é"])
+def test_answer_signing_string_refuses_a_nonce_with_separators(nonce: str) -> None:
+    with pytest.raises(ValueError, match="nonce"):
+        answer_signing_string("GET", PENDING, nonce, NOW, ANSWER)
+
+
+def test_answer_round_trip() -> None:
+    header = answer_signature_header(KEYPAIR, "tab-a", "GET", PENDING, NONCE, ANSWER, NOW)
+    assert header.startswith(f"{SCHEME} keyId=tab-a,ts={NOW},sig=")  # CONTRACT section 2's form
+    auth = parse_answer_signature(header)
+    assert auth.key_id == "tab-a" and auth.ts == NOW
+    verify_answer(auth, "tab-a", KEYPAIR.public_key, "GET", PENDING, NONCE, ANSWER, now=NOW)
+    # An answer to a request that sent no nonce covers an empty one.
+    auth = _answer(nonce="")
+    verify_answer(auth, "tab-a", KEYPAIR.public_key, "GET", PENDING, "", ANSWER, now=NOW)
+
+
+TAMPERED_ANSWERS: list[tuple[str, str, str, bytes, int]] = [
+    ("GET", PENDING, NONCE, ANSWER + b"\x00", NOW),  # body changed
+    ("GET", PENDING, NONCE, b"", NOW),  # body dropped
+    ("GET", PENDING, NONCE[:-1] + "8", ANSWER, NOW),  # an answer to another request (nonce)
+    ("GET", PENDING, "", ANSWER, NOW),  # ... to one without a nonce
+    ("POST", PENDING, NONCE, ANSWER, NOW),  # ... with another method
+    ("GET", PENDING.replace("500", "5000"), NONCE, ANSWER, NOW),  # ... another query
+    ("GET", PENDING, NONCE, ANSWER, NOW + 1),  # ts changed (within skew)
+]
+
+
+@pytest.mark.parametrize(("method", "path", "nonce", "body", "ts"), TAMPERED_ANSWERS)
+def test_tampered_answer_refused(method: str, path: str, nonce: str, body: bytes, ts: int) -> None:
+    signed = _answer()
+    auth = SignedAuth(key_id=signed.key_id, ts=ts, signature=signed.signature)
+    with pytest.raises(BadSignature):
+        verify_answer(auth, "tab-a", KEYPAIR.public_key, method, path, nonce, body, now=NOW)
+
+
+def test_answer_by_another_key_or_key_id_refused() -> None:
+    with pytest.raises(BadSignature):
+        verify_answer(_answer(), "tab-a", OTHER.public_key, "GET", PENDING, NONCE, ANSWER, NOW)
+    # Signed as another device (with any key): refused before the signature is checked.
+    with pytest.raises(UnknownKey, match="signed by tab-b, not tab-a"):
+        verify_answer(
+            _answer(key_id="tab-b"), "tab-a", KEYPAIR.public_key, "GET", PENDING, NONCE, ANSWER, NOW
+        )
+
+
+@pytest.mark.parametrize(("now", "accepted"), SKEW_CASES)
+def test_answer_clock_skew(now: float, accepted: bool) -> None:
+    args = ("tab-a", KEYPAIR.public_key, "GET", PENDING, NONCE, ANSWER)
+    if accepted:
+        verify_answer(_answer(), *args, now=now)
+        return
+    with pytest.raises(ClockSkew, match="from the receiver's clock"):
+        verify_answer(_answer(), *args, now=now)
+
+
+def test_answer_skew_limit_is_configurable() -> None:
+    args = ("tab-a", KEYPAIR.public_key, "GET", PENDING, NONCE, ANSWER)
+    with pytest.raises(ClockSkew):
+        verify_answer(_answer(), *args, now=NOW + 61, max_skew_seconds=60)
+
+
+def test_answer_skew_is_checked_after_the_signature() -> None:
+    with pytest.raises(BadSignature):
+        verify_answer(
+            _answer(), "tab-a", OTHER.public_key, "GET", PENDING, NONCE, ANSWER, NOW + 10_000
+        )
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "ANSWER", "phs-answer v1", ""])
+def test_a_request_signature_never_verifies_as_an_answer(method: str) -> None:
+    request = parse_authorization(
+        authorization_header(KEYPAIR, "tab-a", method, PENDING, ANSWER, NOW)
+    )
+    for nonce in ("", NONCE):
+        with pytest.raises(BadSignature):
+            verify_answer(request, "tab-a", KEYPAIR.public_key, method, PENDING, nonce, ANSWER, NOW)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "ANSWER", "phs-answer v1"])
+def test_an_answer_signature_never_verifies_as_a_request(method: str) -> None:
+    answer = _answer(method=method, nonce="")
+    for claimed in (method, "ANSWER", "PHS-ANSWER V1", f"PHS-ANSWER V1\n{method}"):
+        with pytest.raises(BadSignature):
+            verify_request(answer, KEYPAIR.public_key, claimed, PENDING, ANSWER, NOW)
+
+
+@given(
+    method=st.text(max_size=20),
+    path=st.text(max_size=40),
+    nonce=st.one_of(st.just(""), st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True)),
+    ts=st.integers(min_value=0, max_value=10**12),
+    body=st.binary(max_size=64),
+    other=st.tuples(st.text(max_size=20), st.text(max_size=60), st.integers(0, 10**12)),
+)
+def test_request_and_answer_strings_never_coincide(
+    method: str, path: str, nonce: str, ts: int, body: bytes, other: tuple[str, str, int]
+) -> None:
+    # A request string starts with METHOD.upper(), which has no lowercase
+    # letter; an answer string with "phs-answer v1". Whatever the parts.
+    answer = answer_signing_string(method, path, nonce, ts, body)
+    assert answer != signing_string(other[0], other[1], other[2], body)
+    assert answer != signing_string(method, path, ts, body)
+
+
+def test_parse_answer_signature_names_its_header() -> None:
+    with pytest.raises(MissingCredentials, match="PHS-Signature header"):
+        parse_answer_signature(None)
+    with pytest.raises(MissingCredentials, match="PHS-Signature must use"):
+        parse_answer_signature("Bearer x")
+    with pytest.raises(BadSignature, match="missing: sig"):
+        parse_answer_signature("PHS-Ed25519 keyId=a,ts=1")
+    assert ANSWER_HEADER == "PHS-Signature" and NONCE_HEADER == "PHS-Nonce"

@@ -24,7 +24,7 @@ from shared.values import format_timestamp
 _SELECT = (
     "SELECT s.device_id, s.service_name, s.addresses, s.port, s.pending, s.first_seen, "
     "s.last_seen, s.present, s.gone_at, s.last_gather_at, s.last_gather_error, "
-    "s.gathered_records, d.device_id IS NOT NULL AS paired FROM devices_seen s "
+    "s.gathered_records, d.device_id IS NOT NULL AS paired, d.public_key FROM devices_seen s "
     "LEFT JOIN devices d ON d.device_id = s.device_id AND d.status = 'active'"
 )
 
@@ -38,6 +38,7 @@ class SeenDevice:
     pending: int
     present: bool
     paired: bool
+    public_key: bytes | None = None  # of the active pairing: what its answers are signed with
 
 
 def _device(row: sqlite3.Row) -> SeenDevice:
@@ -49,6 +50,7 @@ def _device(row: sqlite3.Row) -> SeenDevice:
         pending=int(row["pending"]),
         present=bool(row["present"]),
         paired=bool(row["paired"]),
+        public_key=None if row["public_key"] is None else bytes(row["public_key"]),
     )
 
 

@@ -3,6 +3,12 @@
 It receives its ``aiohttp.ClientSession`` and clock from outside, so tests and
 the edge node's forwarder control connections and time. On ``clock_skew`` it
 learns its offset from the gateway's ``Date`` header and retries once.
+
+The gatherer (``edgenode.gather``) uses the same client towards field
+devices, with two additions: ``max_answer_bytes`` caps how much of an answer
+is read (``AnswerTooLarge`` beyond it), and a ``check`` sees every answer's
+status, headers and exact body bytes before they are decoded (it verifies a
+device's answer signature; whatever it raises reaches the caller).
 """
 
 from __future__ import annotations
@@ -27,11 +33,27 @@ class GatewayUnreachable(Exception):
     """The WAN or the gateway is down; the caller keeps its outbox and retries."""
 
 
+class AnswerTooLarge(Exception):
+    """The answer's body is over ``max_answer_bytes``: refused, not decoded."""
+
+
 @dataclass(frozen=True)
 class GatewayAnswer:
     status: int
     document: Any
     replayed: bool
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    """An answer as received, before decoding: what a ``check`` sees."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+AnswerCheck = Callable[[RawAnswer], None]
 
 
 class GatewayClient:
@@ -42,32 +64,50 @@ class GatewayClient:
         node_id: str,
         keypair: KeyPair,
         clock: Callable[[], float] = time.time,
+        max_answer_bytes: int | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self.node_id = node_id
         self._keypair = keypair
         self._clock = clock
+        self._max_answer_bytes = max_answer_bytes  # None: read whatever comes
         self.clock_offset = 0.0  # gateway time minus ours, learned from clock_skew
 
     async def request(
-        self, method: str, path: str, document: Any = None, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        document: Any = None,
+        headers: Mapping[str, str] | None = None,
+        check: AnswerCheck | None = None,
     ) -> GatewayAnswer:
         body = b"" if document is None else msgpack.packb(document, use_bin_type=True)
-        return await self.send(method, path, body, headers or {})
+        return await self.send(method, path, body, headers or {}, check)
 
     async def send(
-        self, method: str, path: str, body: bytes, headers: Mapping[str, str]
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        check: AnswerCheck | None = None,
     ) -> GatewayAnswer:
-        """Send exact body bytes; after a clock_skew answer, correct and retry once."""
-        answer, date = await self._send(method, path, body, headers)
+        """Send exact body bytes; after a clock_skew answer, correct and retry once.
+        ``check`` sees each answer before it is decoded."""
+        answer, date = await self._send(method, path, body, headers, check)
         if answer.status == 401 and _code(answer) == "clock_skew" and date is not None:
             self.clock_offset = date - self._clock()
-            answer, _ = await self._send(method, path, body, headers)
+            answer, _ = await self._send(method, path, body, headers, check)
         return answer
 
     async def _send(
-        self, method: str, path: str, body: bytes, headers: Mapping[str, str]
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        check: AnswerCheck | None,
     ) -> tuple[GatewayAnswer, float | None]:
         ts = int(self._clock() + self.clock_offset)
         all_headers = {
@@ -83,19 +123,43 @@ class GatewayClient:
             async with self._session.request(
                 method, self._base + path, data=body, headers=all_headers
             ) as resp:
-                raw = await resp.read()
-                date = resp.headers.get("Date")
-                document = msgpack.unpackb(raw, raw=False) if raw else None
-                return (
-                    GatewayAnswer(
-                        resp.status, document, resp.headers.get("Idempotent-Replayed") == "true"
-                    ),
-                    parsedate_to_datetime(date).timestamp() if date else None,
-                )
+                raw = RawAnswer(resp.status, resp.headers, await self._read(resp, method, path))
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             raise GatewayUnreachable(f"{method} {path}: {err}") from err
+        except ValueError as err:
+            raise GatewayUnreachable(f"{method} {path}: unreadable answer: {err}") from err
+        if check is not None:
+            check(raw)  # before a byte of the body is decoded
+        try:
+            date = raw.headers.get("Date")
+            document = msgpack.unpackb(raw.body, raw=False) if raw.body else None
+            return (
+                GatewayAnswer(
+                    raw.status, document, raw.headers.get("Idempotent-Replayed") == "true"
+                ),
+                parsedate_to_datetime(date).timestamp() if date else None,
+            )
         except (msgpack.UnpackException, ValueError) as err:
             raise GatewayUnreachable(f"{method} {path}: unreadable answer: {err}") from err
+
+    async def _read(self, resp: aiohttp.ClientResponse, method: str, path: str) -> bytes:
+        """The answer's body, refused (and the connection dropped) past the cap."""
+        limit = self._max_answer_bytes
+        if limit is None:
+            return await resp.read()
+        too_large = AnswerTooLarge(f"{method} {path}: answer over {limit} bytes")
+        if resp.content_length is not None and resp.content_length > limit:
+            resp.close()
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                resp.close()
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def post_batch_body(self, batch_id: str, body: bytes) -> GatewayAnswer:
         """Send a persisted batch exactly as stored (a resend is the same request)."""

@@ -13,6 +13,14 @@ A record that fails the push's checks is not stored and is answered
 acknowledgement is lost, the next round is offered the same records and
 answers them as duplicates, as a repeated push would be.
 
+Every request carries a fresh ``PHS-Nonce``, and every 200 answer must be
+signed by the device's paired key over that request and the answer's exact
+bytes (``PHS-Signature``, ``shared.signing.verify_answer``), and be at most
+``max_body_bytes`` long: it is checked before it is decoded, and an answer
+that fails stops the round like any refusal (nothing stored, nothing
+acknowledged, the reason recorded). So a host that answers on a device's
+address, or advertises its id, cannot put records in the device's name.
+
 ``Gatherer`` runs one round at a time per device: a request while a round
 runs schedules exactly one more. Its ``aiohttp.ClientSession`` and clock come
 from outside.
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +40,13 @@ import aiohttp
 
 from edgenode.devices_seen import SeenDevice, gather_candidates, record_gather, seen_device
 from edgenode.encounters import ingest_encounters
-from edgenode.gateway_client import GatewayClient, GatewayUnreachable
+from edgenode.gateway_client import (
+    AnswerCheck,
+    AnswerTooLarge,
+    GatewayClient,
+    GatewayUnreachable,
+    RawAnswer,
+)
 from edgenode.intake import OutreachIntake
 from edgenode.records import device_encounter, device_transition
 from edgenode.settings import EdgeSettings
@@ -39,7 +54,13 @@ from edgenode.store.database import EdgeDatabase
 from gateway.http import PREFIX, Clock
 from shared.discovery import host_of
 from shared.errors import ItemCode, PhsError
-from shared.signing import KeyPair
+from shared.signing import (
+    ANSWER_HEADER,
+    NONCE_HEADER,
+    KeyPair,
+    parse_answer_signature,
+    verify_answer,
+)
 from shared.values import is_identifier
 
 log = logging.getLogger("edgenode.gather")
@@ -57,6 +78,11 @@ class GatherFailed(Exception):
 
 class DeviceUnreachable(GatherFailed):
     """No connection to this address (the next one of the advert is tried)."""
+
+
+class AnswerRefused(GatherFailed):
+    """An answer that is not the device's own (unsigned, another key, altered,
+    skewed) or is too large: not decoded, and the round stops."""
 
 
 @dataclass
@@ -240,7 +266,11 @@ class Gatherer:
                 return 0 if not page.more else None
             t_results, e_results, refused = await self.store(device.device_id, page)
             ack = await self._call(
-                client, "POST", ACKS_PATH, {"transitions": t_results, "encounters": e_results}
+                client,
+                device,
+                "POST",
+                ACKS_PATH,
+                {"transitions": t_results, "encounters": e_results},
             )
             outcome.pages += 1
             outcome.records += len(t_results) + len(e_results)
@@ -255,7 +285,7 @@ class Gatherer:
             if outcome.pages >= MAX_PAGES_PER_ROUND:
                 outcome.more = True
                 return pending
-            doc = await self._call(client, "GET", path)
+            doc = await self._call(client, device, "GET", path)
 
     async def store(self, device_id: str, page: Page) -> tuple[list[Result], list[Result], int]:
         """Store a page as the device's push would be stored: a result per
@@ -309,6 +339,7 @@ class Gatherer:
             self._settings.node_id,
             self._keypair,
             clock=lambda: self._clock().timestamp(),
+            max_answer_bytes=self._settings.max_body_bytes,
         )
         client.clock_offset = self._offsets.get(device.device_id, 0.0)
         return client
@@ -319,7 +350,7 @@ class Gatherer:
         for address in device.addresses:
             client = self._client(device, address)
             try:
-                doc = await self._call(client, "GET", path)
+                doc = await self._call(client, device, "GET", path)
             except DeviceUnreachable as err:
                 errors.append(str(err))
                 continue
@@ -329,12 +360,21 @@ class Gatherer:
         raise DeviceUnreachable("unreachable: " + "; ".join(errors or ["no address"]))
 
     async def _call(
-        self, client: GatewayClient, method: str, path: str, document: Any = None
+        self,
+        client: GatewayClient,
+        device: SeenDevice,
+        method: str,
+        path: str,
+        document: Any = None,
     ) -> Any:
+        nonce = secrets.token_hex(16)  # this request's: an answer to another will not do
+        check = self._answer_check(client, device, method, path, nonce)
         try:
-            answer = await client.request(method, path, document)
+            answer = await client.request(method, path, document, {NONCE_HEADER: nonce}, check)
         except GatewayUnreachable as err:
             raise DeviceUnreachable(str(err)) from err
+        except AnswerTooLarge as err:
+            raise AnswerRefused(str(err)) from err
         if answer.status != 200:
             doc = answer.document if isinstance(answer.document, Mapping) else {}
             raise GatherFailed(
@@ -342,3 +382,34 @@ class Gatherer:
                 f"{doc.get('code', '')}: {doc.get('detail', '')}".rstrip(": ")
             )
         return answer.document
+
+    def _answer_check(
+        self, client: GatewayClient, device: SeenDevice, method: str, path: str, nonce: str
+    ) -> AnswerCheck:
+        """Refuse a 200 answer the device did not sign for this request, before
+        it is decoded. (A refusal is used only for its code and detail, and a
+        clock_skew one for its ``Date``: neither can put a record in.)"""
+
+        def check(raw: RawAnswer) -> None:
+            if raw.status != 200:
+                return
+            where = f"{method} {path.split('?')[0]}"
+            if device.public_key is None:  # not paired: never asked, but never trusted either
+                raise AnswerRefused(f"{where}: no paired key to verify the answer with")
+            try:
+                auth = parse_answer_signature(raw.headers.get(ANSWER_HEADER))
+                verify_answer(
+                    auth,
+                    device.device_id,
+                    device.public_key,
+                    method,
+                    path,
+                    nonce,
+                    raw.body,
+                    self._clock().timestamp() + client.clock_offset,
+                    self._settings.clock_skew_seconds,
+                )
+            except PhsError as err:
+                raise AnswerRefused(f"{where}: answer refused, {err.code}: {err.detail}") from err
+
+        return check

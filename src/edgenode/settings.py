@@ -38,7 +38,9 @@ class EdgeSettings:
     retry_max_seconds: int = setting(300, "Longest retry delay (full jitter below it).")
     request_timeout_seconds: int = setting(30, "Timeout of one request to the gateway.")
     pairing_code_ttl_seconds: int = setting(900, "How long a pairing code may be redeemed.")
-    clock_skew_seconds: int = setting(300, "Allowed skew of a tablet's signed request.")
+    clock_skew_seconds: int = setting(
+        300, "Allowed skew of a tablet's signed request, and of its signed gather answer."
+    )
     report_schedule: bool = setting(True, "Generate daily and weekly reports by schedule.")
     daily_report_after_minutes: int = setting(
         15, "Minutes after local midnight before the previous day's report is made."
@@ -53,7 +55,10 @@ class EdgeSettings:
     idempotency_ttl_seconds: int = setting(
         86400, "How long a tablet's Idempotency-Key answer is replayed; purged after."
     )
-    max_body_bytes: int = setting(4 * 1024 * 1024, "Largest tablet request body (413).")
+    max_body_bytes: int = setting(
+        4 * 1024 * 1024,
+        "Largest tablet request body (413), and largest answer read from a tablet when gathering.",
+    )
     max_push_items: int = setting(5000, "Most records in one tablet push (413).")
     discovery: bool = setting(
         True, "Advertise on the LAN (mDNS) and gather from paired tablets that advertise."

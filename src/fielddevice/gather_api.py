@@ -6,8 +6,13 @@
     GET  /healthz                        -> {status: "ok", deviceId}
 
 Both ``/field`` endpoints require a request signed by the paired node's key
-(``keyId`` = node id, CONTRACT section 2). Errors are the services' problem
-documents (``gateway.middleware``); bad input changes nothing.
+(``keyId`` = node id, CONTRACT section 2). Their answers are signed with the
+device's own key (``PHS-Signature``, ``keyId`` = device id), over the
+request's method, path and ``PHS-Nonce`` and the answer's exact body bytes
+(``shared.signing.answer_signature_header``), so the node knows the records
+come from this device and answer its request. Errors are the services'
+problem documents (``gateway.middleware``), unsigned; bad input changes
+nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +40,14 @@ from gateway.http import (
 from gateway.middleware import problem_middleware
 from shared.encoding import Limits
 from shared.errors import BatchTooLarge, UnknownKey, ValidationFailed
-from shared.signing import parse_authorization, verify_request
+from shared.signing import (
+    ANSWER_HEADER,
+    NONCE_HEADER,
+    answer_signature_header,
+    is_nonce,
+    parse_authorization,
+    verify_request,
+)
 from shared.values import format_timestamp, only_fields
 
 log = logging.getLogger("fielddevice.gather")
@@ -80,8 +92,37 @@ async def authenticate_node(request: web.Request, body: bytes) -> str:
     return auth.key_id
 
 
+def request_nonce(request: web.Request) -> str:
+    """The node's ``PHS-Nonce``, which the answer's signature covers ("" if none)."""
+    nonce = request.headers.get(NONCE_HEADER, "")
+    if not is_nonce(nonce):
+        raise ValidationFailed(
+            f"{NONCE_HEADER} must be 1-128 characters of [A-Za-z0-9._:-]", field=NONCE_HEADER
+        )
+    return nonce
+
+
+def signed_answer(request: web.Request, document: Any, nonce: str) -> web.Response:
+    """A 200 answer signed with the device's key over its exact body bytes."""
+    response = respond(request, 200, document)
+    body = response.body
+    assert isinstance(body, bytes)  # respond() encodes the document itself
+    device = request.app[DEVICE]
+    response.headers[ANSWER_HEADER] = answer_signature_header(
+        device.keypair,
+        device.device_id,
+        request.method,
+        path_with_query(request),
+        nonce,
+        body,
+        int(request.app[CLOCK]().timestamp()),
+    )
+    return response
+
+
 async def pending(request: web.Request) -> web.Response:
     await authenticate_node(request, await read_body(request))
+    nonce = request_nonce(request)
     limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     device = request.app[DEVICE]
     records, more = await device.store.pending(limit)
@@ -89,12 +130,13 @@ async def pending(request: web.Request) -> web.Response:
     for record in records:
         page[FIELD_OF[record.kind]].append(record.body)
     page["more"] = more
-    return respond(request, 200, page)
+    return signed_answer(request, page, nonce)
 
 
 async def acks(request: web.Request) -> web.Response:
     body = await read_body(request)
     node_id = await authenticate_node(request, body)
+    nonce = request_nonce(request)
     doc = decode_document(request, body)
     only_fields(doc, ACK_FIELDS, "acknowledgement")
     answered: dict[Kind, list[dict[str, Any]]] = {}
@@ -119,4 +161,4 @@ async def acks(request: web.Request) -> web.Response:
     if cleared:
         log.info("node %s acknowledged %d records; %d pending", node_id, cleared, left)
         device.changed()
-    return respond(request, 200, {"cleared": cleared, "pending": left})
+    return signed_answer(request, {"cleared": cleared, "pending": left}, nonce)

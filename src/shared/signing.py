@@ -8,9 +8,23 @@ where ``sig`` is the Ed25519 signature of the UTF-8 bytes of::
 
     METHOD \\n PATH_WITH_QUERY \\n ts \\n hex(sha256(body))
 
-(no spaces around the newlines). Pure functions, no I/O and no clock: the
-receiver passes ``now`` in, so tests control time. PyNaCl does the
-cryptography; its exceptions become our ``BadSignature`` here.
+(no spaces around the newlines).
+
+An *answer signature* (docs/discovery.md) is the same header format, sent
+by a field device in the ``PHS-Signature`` header of its answer to the
+paired node's gather request, over::
+
+    phs-answer v1 \\n METHOD PATH_WITH_QUERY \\n nonce \\n ts \\n hex(sha256(body))
+
+where METHOD, PATH_WITH_QUERY and nonce (the ``PHS-Nonce`` header, or empty)
+are the request's and ts and body the answer's. A request string starts with
+``METHOD.upper()``, which holds no lowercase letter; an answer string starts
+with ``phs-answer v1``. So neither can ever be the other, and a signature of
+one never verifies as the other.
+
+Pure functions, no I/O and no clock: the receiver passes ``now`` in, so
+tests control time. PyNaCl does the cryptography; its exceptions become our
+``BadSignature`` here.
 """
 
 from __future__ import annotations
@@ -26,7 +40,13 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
-from shared.errors import BadSignature, ClockSkew, MissingCredentials, ValidationFailed
+from shared.errors import (
+    BadSignature,
+    ClockSkew,
+    MissingCredentials,
+    UnknownKey,
+    ValidationFailed,
+)
 from shared.values import binary, is_identifier
 
 SCHEME = "PHS-Ed25519"
@@ -34,6 +54,9 @@ SEED_BYTES = 32
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 MAX_SKEW_SECONDS = 300
+ANSWER_HEADER = "PHS-Signature"  # a device's signature of its answer
+NONCE_HEADER = "PHS-Nonce"  # the request's nonce, which the answer signature covers
+ANSWER_TAG = "phs-answer v1"  # first line of an answer string: never a request's
 
 # Unix seconds as plain digits: int() would also take "+5", " 5" and "5_0",
 # and an unbounded digit string would be a cheap way to burn CPU.
@@ -118,22 +141,63 @@ def verify_signature(public_key: bytes, data: bytes, signature: bytes) -> None:
         raise BadSignature("signature does not verify") from err
 
 
+def _stamp(ts: int, body: bytes) -> str:
+    """The last two lines of every signed string: ``ts \\n hex(sha256(body))``."""
+    return f"{ts}\n{hashlib.sha256(body).hexdigest()}"
+
+
 def signing_string(method: str, path_with_query: str, ts: int, body: bytes) -> bytes:
     """The exact bytes a request signature covers."""
-    digest = hashlib.sha256(body).hexdigest()
-    return f"{method.upper()}\n{path_with_query}\n{ts}\n{digest}".encode()
+    return f"{method.upper()}\n{path_with_query}\n{_stamp(ts, body)}".encode()
+
+
+def is_nonce(value: object) -> bool:
+    """A request nonce an answer signature may cover: empty (none sent) or an
+    identifier (no separators, at most 128 characters)."""
+    return value == "" or is_identifier(value)
+
+
+def answer_signing_string(
+    method: str, path_with_query: str, nonce: str, ts: int, body: bytes
+) -> bytes:
+    """The exact bytes an answer signature covers: the request it answers
+    (method, path and query as sent, nonce) and the answer's ts and body."""
+    if not is_nonce(nonce):
+        # A separator in it would make the string ambiguous; the device
+        # refuses such a nonce before it signs anything.
+        raise ValueError(f"nonce {nonce!r} is not empty or an identifier")
+    return f"{ANSWER_TAG}\n{method.upper()} {path_with_query}\n{nonce}\n{_stamp(ts, body)}".encode()
+
+
+def _signature_header(keypair: KeyPair, key_id: str, data: bytes, ts: int) -> str:
+    if not is_identifier(key_id):
+        # Fail at the sender: the receiver would refuse this header anyway.
+        raise ValueError(f"key id {key_id!r} is not an identifier")
+    sig = base64.b64encode(keypair.sign(data)).decode("ascii")
+    return f"{SCHEME} keyId={key_id},ts={ts},sig={sig}"
 
 
 def authorization_header(
     keypair: KeyPair, key_id: str, method: str, path_with_query: str, body: bytes, ts: int
 ) -> str:
     """The ``Authorization`` value for a request signed by ``keypair`` at ``ts``."""
-    if not is_identifier(key_id):
-        # Fail at the sender: the receiver would refuse this header anyway.
-        raise ValueError(f"key id {key_id!r} is not an identifier")
-    signature = keypair.sign(signing_string(method, path_with_query, ts, body))
-    sig = base64.b64encode(signature).decode("ascii")
-    return f"{SCHEME} keyId={key_id},ts={ts},sig={sig}"
+    return _signature_header(keypair, key_id, signing_string(method, path_with_query, ts, body), ts)
+
+
+def answer_signature_header(
+    keypair: KeyPair,
+    key_id: str,
+    method: str,
+    path_with_query: str,
+    nonce: str,
+    body: bytes,
+    ts: int,
+) -> str:
+    """The ``PHS-Signature`` value for an answer ``body`` to the request
+    ``method path_with_query`` (with ``nonce``), signed by ``keypair`` at ``ts``."""
+    return _signature_header(
+        keypair, key_id, answer_signing_string(method, path_with_query, nonce, ts, body), ts
+    )
 
 
 @dataclass(frozen=True)
@@ -148,12 +212,21 @@ class SignedAuth:
 def parse_authorization(header: str | None) -> SignedAuth:
     """Parse an Authorization header: MissingCredentials if it is not ours,
     BadSignature if it is ours but malformed."""
+    return _parse_signature(header, "Authorization")
+
+
+def parse_answer_signature(header: str | None) -> SignedAuth:
+    """Parse a ``PHS-Signature`` answer header, as ``parse_authorization``."""
+    return _parse_signature(header, ANSWER_HEADER)
+
+
+def _parse_signature(header: str | None, header_name: str) -> SignedAuth:
     if header is None or not header.strip():
-        raise MissingCredentials(f"Authorization header with the {SCHEME} scheme is required")
+        raise MissingCredentials(f"{header_name} header with the {SCHEME} scheme is required")
     scheme, _, rest = header.strip().partition(" ")
     # Auth schemes are case-insensitive (RFC 9110 section 11.1).
     if scheme.lower() != SCHEME.lower():
-        raise MissingCredentials(f"Authorization must use the {SCHEME} scheme")
+        raise MissingCredentials(f"{header_name} must use the {SCHEME} scheme")
     params: dict[str, str] = {}
     for part in rest.split(","):
         name, sep, value = part.strip().partition("=")
@@ -197,11 +270,49 @@ def verify_request(
     nothing about our clock; ``serverTime`` lets a genuine caller correct its
     offset and retry.
     """
-    verify_signature(
-        public_key, signing_string(method, path_with_query, auth.ts, body), auth.signature
+    _verify(
+        auth,
+        public_key,
+        signing_string(method, path_with_query, auth.ts, body),
+        now,
+        max_skew_seconds,
+        "the server's clock",
     )
+
+
+def verify_answer(
+    auth: SignedAuth,
+    key_id: str,
+    public_key: bytes,
+    method: str,
+    path_with_query: str,
+    nonce: str,
+    body: bytes,
+    now: float,
+    max_skew_seconds: int = MAX_SKEW_SECONDS,
+) -> None:
+    """Check a parsed answer signature: signed as ``key_id`` (else UnknownKey)
+    with ``public_key``, over this answer ``body`` to the request ``method
+    path_with_query`` sent with ``nonce`` (else BadSignature), at a ts within
+    ``max_skew_seconds`` of ``now`` (else ClockSkew)."""
+    if auth.key_id != key_id:
+        raise UnknownKey(f"the answer is signed by {auth.key_id}, not {key_id}")
+    _verify(
+        auth,
+        public_key,
+        answer_signing_string(method, path_with_query, nonce, auth.ts, body),
+        now,
+        max_skew_seconds,
+        "the receiver's clock",
+    )
+
+
+def _verify(
+    auth: SignedAuth, public_key: bytes, data: bytes, now: float, max_skew_seconds: int, clock: str
+) -> None:
+    verify_signature(public_key, data, auth.signature)
     if abs(now - auth.ts) > max_skew_seconds:
         raise ClockSkew(
-            f"ts {auth.ts} is more than {max_skew_seconds} s from the server's clock",
+            f"ts {auth.ts} is more than {max_skew_seconds} s from {clock}",
             serverTime=int(now),
         )
