@@ -7,14 +7,13 @@ every command reads that file (or ``--config``), then environment variables
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import read_toml_table
-from shared.config import describe, resolve_settings, setting
+from gateway.settings import load_data_dir_settings
+from shared.config import describe, setting
 
 ENV_PREFIX = "PHS_EDGE_"
 CONFIG_NAME = "edgenode.toml"
@@ -100,17 +99,7 @@ def load_edge_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> EdgeSettings:
-    """Settings from ``--config``, else ``DATA_DIR/edgenode.toml`` when it exists."""
-    env = os.environ if environ is None else environ
-    if config_file is None:
-        base = data_dir or env.get(ENV_PREFIX + "DATA_DIR") or EdgeSettings().data_dir
-        candidate = Path(base) / CONFIG_NAME
-        config_file = str(candidate) if candidate.exists() else None
-    return resolve_settings(
-        EdgeSettings,
-        prefix=ENV_PREFIX,
-        file_table=read_toml_table(config_file, "edgenode") if config_file else None,
-        file_name=config_file or "",
-        environ=env,
-        overrides={**(overrides or {}), "data_dir": data_dir},
+    """Settings from ``--config``, else the config file in the data directory."""
+    return load_data_dir_settings(
+        EdgeSettings, ENV_PREFIX, CONFIG_NAME, "edgenode", config_file, data_dir, environ, overrides
     )

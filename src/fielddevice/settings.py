@@ -8,14 +8,13 @@ lists every setting.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import read_toml_table
-from shared.config import describe, resolve_settings, setting
+from gateway.settings import load_data_dir_settings
+from shared.config import describe, setting
 
 ENV_PREFIX = "PHS_FIELD_"
 CONFIG_NAME = "phs-field.toml"
@@ -68,17 +67,14 @@ def load_field_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> FieldSettings:
-    """Settings from ``--config``, else ``DATA_DIR/phs-field.toml`` when it exists."""
-    env = os.environ if environ is None else environ
-    if config_file is None:
-        base = data_dir or env.get(ENV_PREFIX + "DATA_DIR") or FieldSettings().data_dir
-        candidate = Path(base) / CONFIG_NAME
-        config_file = str(candidate) if candidate.exists() else None
-    return resolve_settings(
+    """Settings from ``--config``, else the config file in the data directory."""
+    return load_data_dir_settings(
         FieldSettings,
-        prefix=ENV_PREFIX,
-        file_table=read_toml_table(config_file, CONFIG_TABLE) if config_file else None,
-        file_name=config_file or "",
-        environ=env,
-        overrides={**(overrides or {}), "data_dir": data_dir},
+        ENV_PREFIX,
+        CONFIG_NAME,
+        CONFIG_TABLE,
+        config_file,
+        data_dir,
+        environ,
+        overrides,
     )

@@ -13,10 +13,15 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.config import describe, resolve_settings, setting
 from shared.errors import ValidationFailed
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance as SettingsClass
+else:
+    SettingsClass = object
 
 ENV_PREFIX = "PHS_GATEWAY_"
 
@@ -69,6 +74,38 @@ def read_toml_table(path: str, table: str) -> dict[str, Any]:
         raise ValidationFailed(f"cannot read config file {path}: {err}") from err
     found = doc.get(table, doc)
     return dict(found) if isinstance(found, dict) else {}
+
+
+S = TypeVar("S", bound=SettingsClass)
+
+
+def load_data_dir_settings(
+    cls: type[S],
+    prefix: str,
+    config_name: str,
+    table: str,
+    config_file: str | None,
+    data_dir: str | None,
+    environ: Mapping[str, str] | None,
+    overrides: Mapping[str, Any] | None,
+) -> S:
+    """Settings of a service that keeps its config in its data directory: from
+    ``--config``, else ``DATA_DIR/<config_name>`` when it exists (the edge node,
+    the field device)."""
+    env = os.environ if environ is None else environ
+    if config_file is None:
+        default_dir = getattr(cls(), "data_dir")  # noqa: B009 - every such class has one
+        base = data_dir or env.get(prefix + "DATA_DIR") or default_dir
+        candidate = Path(base) / config_name
+        config_file = str(candidate) if candidate.exists() else None
+    return resolve_settings(
+        cls,
+        prefix=prefix,
+        file_table=read_toml_table(config_file, table) if config_file else None,
+        file_name=config_file or "",
+        environ=env,
+        overrides={**(overrides or {}), "data_dir": data_dir},
+    )
 
 
 def load_settings(
