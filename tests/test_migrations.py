@@ -5,12 +5,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
-from gateway.db.database import SQLITE_PRAGMAS, Database
+from gateway.db.database import SQLITE_PRAGMAS, Database, alembic_config
 from gateway.db.schema import metadata
+
+HEAD = "0002"
 
 
 async def test_upgrade_twice_and_match_declared_schema(tmp_path: Path) -> None:
@@ -22,7 +26,7 @@ async def test_upgrade_twice_and_match_declared_schema(tmp_path: Path) -> None:
 
         def differences(conn: Connection) -> list[object]:
             context = MigrationContext.configure(conn)
-            assert context.get_current_revision() == "0001"
+            assert context.get_current_revision() == HEAD
             return list(compare_metadata(context, metadata))
 
         async with database.read() as conn:
@@ -41,5 +45,54 @@ async def test_every_connection_gets_durable_pragmas(tmp_path: Path) -> None:
             synchronous = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
         assert synchronous == 2  # FULL: an answered request survives a power cut
         assert "PRAGMA synchronous=FULL" in SQLITE_PRAGMAS
+    finally:
+        await database.close()
+
+
+ISSUE_5_TABLES = {
+    "registry_entries",
+    "cohorts",
+    "cohort_versions",
+    "cohort_memberships",
+    "risk_scores",
+    "risk_overrides",
+    "risk_override_audit",
+    "quality_snapshots",
+    "hmis_export_jobs",
+    "deident_export_jobs",
+    "export_downloads",
+    "refused_writes",
+}
+
+
+async def test_upgrade_from_0001_keeps_data_and_matches_declared_schema(tmp_path: Path) -> None:
+    """A store left at 0001 (the frozen first schema) upgrades to head in place."""
+    path = tmp_path / "g.db"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+
+        def to_0001(conn: Connection) -> None:
+            command.upgrade(alembic_config(conn), "0001")
+
+        async with database.write() as conn:
+            await conn.run_sync(to_0001)
+            await conn.exec_driver_sql(
+                "INSERT INTO tokens (token_hash, token_id, tenant_id, role, label, created_at) "
+                "VALUES ('h', 'tid', 't1', 'admin', 'old', '2026-11-25T12:00:00.000Z')"
+            )
+        await database.migrate()
+
+        def inspect(conn: Connection) -> tuple[str | None, list[object], set[str]]:
+            context = MigrationContext.configure(conn)
+            tables = set(sa.inspect(conn).get_table_names())
+            return context.get_current_revision(), list(compare_metadata(context, metadata)), tables
+
+        async with database.read() as conn:
+            revision, diffs, tables = await conn.run_sync(inspect)
+            kept = (await conn.exec_driver_sql("SELECT label FROM tokens")).scalar_one()
+        assert revision == HEAD
+        assert diffs == []
+        assert ISSUE_5_TABLES <= tables
+        assert kept == "old"  # rows written under 0001 survive the upgrade
     finally:
         await database.close()

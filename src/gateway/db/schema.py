@@ -163,3 +163,223 @@ idempotency_keys = sa.Table(
     sa.Column("reply", sa.LargeBinary),  # msgpack of the answer, re-encoded per Accept
     sa.Index("ix_idempotency_expires", "expires_at"),
 )
+
+# ---------------------------------------------------------------------------
+# Server-authoritative aggregates (issue 5; migration 0002). Every table is
+# keyed by tenant first: ids are unique within a tenant, never across.
+
+# Disease registry entries (upstream clinical data, ``service`` tokens only).
+# ``data`` is the entry's wire form (shared.registry.registry_entry_to_wire);
+# a delete keeps the row as a tombstone (``deleted_at``), so a later upsert
+# continues its version numbers and the feed can announce the delete.
+registry_entries = sa.Table(
+    "registry_entries",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("facility_id", sa.String(128), nullable=False),
+    sa.Column("patient_ref", sa.String(128), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+    sa.Column("deleted_at", sa.String(32)),  # NULL: live
+    sa.Index("ix_registry_entries_facility", "tenant_id", "facility_id", "id"),
+)
+
+# Population cohorts: the name and the last version number handed out (the
+# server alone numbers versions: bump ``latest_version`` under the row lock).
+cohorts = sa.Table(
+    "cohorts",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("cohort_id", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("latest_version", sa.Integer, nullable=False),
+    sa.Column("created_by", sa.String(160), nullable=False),  # token:<id> | node:<id>
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+)
+
+# Every version of every cohort; immutable once written (insert only).
+cohort_versions = sa.Table(
+    "cohort_versions",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("cohort_id", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("definition", sa.JSON, nullable=False),
+    sa.Column("canonical", sa.Text, nullable=False),  # shared.cohorts.canonical_json
+    sa.Column("created_by", sa.String(160), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),  # admin | node | device
+    # The cohort.draft item id that produced it: a draft sent twice is a duplicate.
+    sa.Column("draft_id", sa.String(128)),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Index("ix_cohort_versions_draft", "tenant_id", "draft_id"),
+)
+
+# Members of a cohort version (entries of the registry it selects).
+cohort_memberships = sa.Table(
+    "cohort_memberships",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("cohort_id", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("entry_id", sa.String(128), primary_key=True),
+    sa.Column("facility_id", sa.String(128), nullable=False),
+    sa.Column("since", sa.String(32), nullable=False),
+    sa.Index("ix_cohort_memberships_entry", "tenant_id", "entry_id"),
+)
+
+# The computed part of an entry's risk score (shared.risk.compute_risk).
+risk_scores = sa.Table(
+    "risk_scores",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("entry_id", sa.String(128), primary_key=True),
+    sa.Column("facility_id", sa.String(128), nullable=False),
+    sa.Column("score", sa.Integer, nullable=False),
+    sa.Column("band", sa.String(16), nullable=False),
+    sa.Column("factors", sa.JSON, nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("computed_at", sa.String(32), nullable=False),
+)
+
+# The override in force per entry: the last-write-wins winner (``value``
+# NULL: a clear, which stays the winner until a later override).
+risk_overrides = sa.Table(
+    "risk_overrides",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("entry_id", sa.String(128), primary_key=True),
+    sa.Column("override_id", sa.String(128), nullable=False),
+    sa.Column("value", sa.Integer),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor_id", sa.String(128), nullable=False),
+    sa.Column("node_id", sa.String(128)),
+    sa.Column("occurred_at", sa.String(32), nullable=False),
+    sa.Column("received_at", sa.String(32), nullable=False),
+)
+
+# Every override attempt, winning or not, refused ones included.
+risk_override_audit = sa.Table(
+    "risk_override_audit",
+    metadata,
+    sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", sa.String(128), nullable=False),
+    sa.Column("entry_id", sa.String(128), nullable=False),
+    sa.Column("override_id", sa.String(128), nullable=False),
+    sa.Column("actor_id", sa.String(128), nullable=False),
+    sa.Column("node_id", sa.String(128)),
+    sa.Column("principal", sa.String(160), nullable=False),  # token:<id> | node:<id>
+    sa.Column("batch_id", sa.String(255)),
+    sa.Column("occurred_at", sa.String(32), nullable=False),
+    sa.Column("received_at", sa.String(32), nullable=False),
+    sa.Column("requested_value", sa.Integer),  # NULL: a clear
+    sa.Column("reason", sa.Text, nullable=False),  # the override's own reason
+    # Effective score before and after (NULL when refused before resolution).
+    sa.Column("old_score", sa.Integer),
+    sa.Column("old_source", sa.String(16)),
+    sa.Column("new_score", sa.Integer),
+    sa.Column("new_source", sa.String(16)),
+    sa.Column("disposition", sa.String(16), nullable=False),
+    sa.Column("code", sa.String(64)),  # why it was refused
+    sa.Column("clock_adjusted", sa.Boolean, nullable=False),
+    sa.Index("ix_risk_override_audit_entry", "tenant_id", "entry_id", "seq"),
+    sa.Index("ix_risk_override_audit_id", "tenant_id", "override_id"),
+)
+
+# Quality metrics per tenant and period, from merged facility reports; immutable.
+quality_snapshots = sa.Table(
+    "quality_snapshots",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("period_type", sa.String(8), primary_key=True),
+    sa.Column("period_key", sa.String(10), primary_key=True),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("created_by", sa.String(160), nullable=False),  # server | token:<id>
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+# DHIS2 dataValueSets exports: queued -> running -> succeeded | failed.
+hmis_export_jobs = sa.Table(
+    "hmis_export_jobs",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("tenant_id", sa.String(128), nullable=False),
+    sa.Column("period_type", sa.String(8), nullable=False),
+    sa.Column("period_key", sa.String(10), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_by", sa.String(160), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("started_at", sa.String(32)),
+    sa.Column("finished_at", sa.String(32)),
+    sa.Column("mapping", sa.JSON),  # the configured mapping the job used
+    sa.Column("result", sa.LargeBinary),
+    sa.Column("result_media_type", sa.String(100)),
+    sa.Column("result_sha256", sa.String(64)),
+    sa.Column("reasons", sa.JSON),  # why it failed: [{code, message, ...}]
+    sa.Index("ix_hmis_export_jobs_tenant", "tenant_id", "created_at"),
+    sa.Index("ix_hmis_export_jobs_state", "state"),
+)
+
+# De-identified extracts: queued -> running -> released | blocked | failed.
+deident_export_jobs = sa.Table(
+    "deident_export_jobs",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("tenant_id", sa.String(128), nullable=False),
+    sa.Column("cohort_id", sa.String(128)),  # NULL: the whole registry
+    sa.Column("cohort_version", sa.Integer),
+    sa.Column("k", sa.Integer, nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),  # the request, as validated
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_by", sa.String(160), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("started_at", sa.String(32)),
+    sa.Column("finished_at", sa.String(32)),
+    sa.Column("result", sa.LargeBinary),  # only a released job's is served
+    sa.Column("result_media_type", sa.String(100)),
+    sa.Column("result_sha256", sa.String(64)),
+    sa.Column("summary", sa.JSON),  # rows, suppressed cells, smallest class, ...
+    sa.Column("reasons", sa.JSON),  # why it is blocked or failed
+    sa.Index("ix_deident_export_jobs_tenant", "tenant_id", "created_at"),
+    sa.Index("ix_deident_export_jobs_state", "state"),
+)
+
+# Every download attempt of an export's result, refused ones included.
+export_downloads = sa.Table(
+    "export_downloads",
+    metadata,
+    sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", sa.String(128), nullable=False),
+    sa.Column("job_kind", sa.String(32), nullable=False),  # hmis_export_job | deident_export_job
+    sa.Column("job_id", sa.String(128), nullable=False),
+    sa.Column("principal", sa.String(160), nullable=False),
+    sa.Column("downloaded_at", sa.String(32), nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),  # the HTTP status answered
+    sa.Column("code", sa.String(64)),  # the refusal's code
+    sa.Column("result_sha256", sa.String(64)),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Index("ix_export_downloads_job", "job_kind", "job_id", "seq"),
+)
+
+# Every refused client write to a server-authoritative aggregate (a batch
+# item, or a direct request by a role that may not write it).
+refused_writes = sa.Table(
+    "refused_writes",
+    metadata,
+    sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", sa.String(128), nullable=False),  # the writer's tenant
+    sa.Column("principal", sa.String(160), nullable=False),  # token:<id> | node:<id> | device:<id>
+    sa.Column("method", sa.String(8)),  # direct request: method and path
+    sa.Column("path", sa.String(1000)),
+    sa.Column("batch_id", sa.String(255)),  # batch item: its batch and index
+    sa.Column("item_index", sa.Integer),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("record_id", sa.String(128)),
+    sa.Column("code", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("received_at", sa.String(32), nullable=False),
+    sa.Index("ix_refused_writes_tenant", "tenant_id", "seq"),
+)
