@@ -33,7 +33,8 @@ service renders it as an RFC 9457 problem document::
     ├── Unprocessable (422)
     │   ├── ValidationFailed         validation_failed
     │   ├── InvalidReport            invalid_report
-    │   └── IdempotencyKeyMismatch   idempotency_key_mismatch
+    │   ├── IdempotencyKeyMismatch   idempotency_key_mismatch
+    │   └── CohortInvalid            cohort_invalid (+ errors: [{path, message}])
     └── ServiceUnavailable (503)     unavailable
 
 Per-item batch results reuse the same codes (``ItemCode``) without raising.
@@ -41,6 +42,7 @@ Per-item batch results reuse the same codes (``ItemCode``) without raising.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -239,6 +241,28 @@ class IdempotencyKeyMismatch(Unprocessable):
     title = "Idempotency-Key reused with a different request"
 
 
+class CohortInvalid(Unprocessable):
+    """A cohort definition (or a ``cohort.draft``) the validator refused.
+
+    The problem document carries every error found, not just the first, as
+    ``errors: [{"path", "message"}]`` where ``path`` is an RFC 6901 JSON
+    pointer into the definition (``""`` is the whole definition).
+    """
+
+    code = "cohort_invalid"
+    title = "Invalid cohort definition"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        errors: Sequence[Mapping[str, str]] = (),
+        **extra: Any,
+    ) -> None:
+        listed = [{"path": e["path"], "message": e["message"]} for e in errors]
+        super().__init__(detail, errors=listed, **extra)
+        self.errors = listed
+
+
 class ServiceUnavailable(PhsError):
     status = 503
     code = "unavailable"
@@ -259,6 +283,7 @@ class ItemCode(StrEnum):
     INVALID_REPORT = "invalid_report"
     REPORT_CONFLICT = "report_conflict"
     VALIDATION_FAILED = "validation_failed"
+    COHORT_INVALID = "cohort_invalid"
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_KEY = "unknown_key"
     KEY_REVOKED = "key_revoked"
