@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import uuid
 from pathlib import Path
 
+import asyncpg
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, make_url
 
 from gateway.db.database import SQLITE_PRAGMAS, Database, alembic_config
 from gateway.db.schema import metadata
@@ -96,3 +100,30 @@ async def test_upgrade_from_0001_keeps_data_and_matches_declared_schema(tmp_path
         assert kept == "old"  # rows written under 0001 survive the upgrade
     finally:
         await database.close()
+
+
+POSTGRES_URL = os.environ.get("PHS_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="PHS_TEST_POSTGRES_URL is not set")
+async def test_head_matches_declared_schema_on_postgres() -> None:
+    assert POSTGRES_URL
+    url = make_url(POSTGRES_URL)
+    name = f"phs_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    database = Database(url.set(database=name).render_as_string(hide_password=False))
+    try:
+        await database.migrate()
+        await database.migrate()
+
+        def differences(conn: Connection) -> tuple[str | None, list[object]]:
+            context = MigrationContext.configure(conn)
+            return context.get_current_revision(), list(compare_metadata(context, metadata))
+
+        async with database.read() as conn:
+            assert await conn.run_sync(differences) == (HEAD, [])
+    finally:
+        await database.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

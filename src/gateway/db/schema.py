@@ -143,7 +143,8 @@ changes = sa.Table(
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("facility_id", sa.String(128)),  # NULL: tenant-wide
     sa.Column("aggregate", sa.String(64), nullable=False),
-    sa.Column("entity_id", sa.String(128), nullable=False),
+    # Up to 300 (migration 0002): a membership's id is "<cohortId>/<entryId>".
+    sa.Column("entity_id", sa.String(300), nullable=False),
     sa.Column("op", sa.String(8), nullable=False),
     sa.Column("data", sa.JSON),
     sa.Column("committed_at", sa.String(32), nullable=False),

@@ -1,7 +1,8 @@
 """Issue 5's server-authoritative aggregates: registry entries, cohorts and
 their versions and memberships, risk scores, overrides and their audit trail,
 quality snapshots, HMIS and de-identified export jobs, export downloads, and
-the record of refused writes. Frozen: never edit once released.
+the record of refused writes; the change feed's entity ids widened to 300.
+Frozen: never edit once released.
 
 Revision ID: 0002
 Revises: 0001
@@ -19,6 +20,14 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # A cohort membership's change-feed id is "<cohortId>/<entryId>" (up to 257).
+    with op.batch_alter_table("changes", schema=None) as batch_op:
+        batch_op.alter_column(
+            "entity_id",
+            existing_type=sa.String(length=128),
+            type_=sa.String(length=300),
+            existing_nullable=False,
+        )
     op.create_table(
         "cohort_memberships",
         sa.Column("tenant_id", sa.String(length=128), nullable=False),
@@ -290,3 +299,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_cohort_memberships_entry")
 
     op.drop_table("cohort_memberships")
+    with op.batch_alter_table("changes", schema=None) as batch_op:
+        batch_op.alter_column(
+            "entity_id",
+            existing_type=sa.String(length=300),
+            type_=sa.String(length=128),
+            existing_nullable=False,
+        )
