@@ -105,3 +105,14 @@ def test_field_settings_refuse_unknown_keys(tmp_path: Path) -> None:
     (tmp_path / "phs-field.toml").write_text('[field]\ndevise_id = "tab-01"\n')
     with pytest.raises(ValidationFailed):
         load_field_settings(None, str(tmp_path), environ={})
+
+
+def test_float_settings_from_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text("[gateway]\ndeident_max_suppressed_share = 0\n")  # TOML int for a float
+    assert load_settings(str(config), environ={}).deident_max_suppressed_share == 0.0
+    settings = load_settings(None, environ={"PHS_GATEWAY_DEIDENT_MAX_SUPPRESSED_SHARE": "0.1"})
+    assert settings.deident_max_suppressed_share == 0.1
+    for bad in ("lots", "nan", "inf"):
+        with pytest.raises(ValidationFailed):
+            load_settings(None, environ={"PHS_GATEWAY_DEIDENT_MAX_SUPPRESSED_SHARE": bad})

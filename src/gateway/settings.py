@@ -52,6 +52,22 @@ class Settings:
     purge_interval_seconds: int = setting(3600, "How often expired idempotency keys are purged.")
     changes_max_limit: int = setting(5000, "Most changes one GET …/sync/changes answers.")
     events_max_limit: int = setting(1000, "Most events one GET …/events answers.")
+    hmis_mapping_file: str = setting(
+        "",
+        "JSON file mapping facilities to DHIS2 orgUnits and metrics to data elements "
+        "(docs/exports.md), read by every HMIS export job; empty: HMIS jobs fail until set.",
+    )
+    facility_districts_file: str = setting(
+        "",
+        "JSON object facility id → district, read by every de-identified export job; "
+        "empty: those jobs fail until set.",
+    )
+    deident_k: int = setting(
+        5, "k of a de-identified extract when the request names none, and the least it may name."
+    )
+    deident_max_suppressed_share: float = setting(
+        0.05, "Largest share of rows a de-identified extract may suppress; more blocks it."
+    )
     log_level: str = setting("INFO", "Python logging level.")
 
     def sqlalchemy_url(self) -> str:

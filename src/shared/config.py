@@ -8,6 +8,7 @@ the caller reads the file and passes the environment.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import field, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,6 +52,15 @@ def coerce(cls: type[SettingsClass], values: Mapping[str, Any], where: str) -> d
                 value = int(value)
             except ValueError as err:
                 raise ValidationFailed(f"setting {name} must be an integer ({where})") from err
+        if kind is float and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError as err:
+                raise ValidationFailed(f"setting {name} must be a number ({where})") from err
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # TOML writes 1 for 1.0
+        if kind is float and isinstance(value, float) and not math.isfinite(value):
+            raise ValidationFailed(f"setting {name} must be a finite number ({where})")
         if isinstance(value, str) and kind is bool:
             if value.lower() not in {"1", "0", "true", "false", "yes", "no"}:
                 raise ValidationFailed(f"setting {name} must be true or false ({where})")
