@@ -18,6 +18,7 @@ from gateway.resources import (
     analytics,
     batches,
     changes,
+    cohorts,
     events,
     facility_reports,
     health,
@@ -44,6 +45,19 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/sync/changes", changes.read)
     r.add_get(f"{PREFIX}/analytics/facility-reports", analytics.read)
     r.add_get(f"{PREFIX}/events", events.read)
+    cohort = f"{PREFIX}/cohorts/{{cohortId}}"
+    r.add_post(f"{PREFIX}/cohorts", cohorts.create)
+    r.add_get(f"{PREFIX}/cohorts", cohorts.list_)
+    r.add_get(cohort, cohorts.read)
+    for method in ("PUT", "PATCH", "DELETE"):
+        r.add_route(method, cohort, cohorts.change_cohort)
+    r.add_post(f"{cohort}/drafts", cohorts.draft)
+    r.add_get(f"{cohort}/versions/{{version}}", cohorts.read_version)
+    for method in ("PUT", "PATCH", "POST", "DELETE"):
+        r.add_route(method, f"{cohort}/versions/{{version}}", cohorts.change_version)
+    r.add_get(f"{cohort}/members", cohorts.members)
+    for method in ("PUT", "PATCH", "POST", "DELETE"):
+        r.add_route(method, f"{cohort}/members", cohorts.write_members)
 
 
 def create_app(settings: Settings, clock: Clock = system_clock) -> web.Application:

@@ -284,6 +284,7 @@ class ItemCode(StrEnum):
     REPORT_CONFLICT = "report_conflict"
     VALIDATION_FAILED = "validation_failed"
     COHORT_INVALID = "cohort_invalid"
+    NOT_FOUND = "not_found"
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_KEY = "unknown_key"
     KEY_REVOKED = "key_revoked"

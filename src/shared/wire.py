@@ -29,12 +29,14 @@ from shared.values import (
 
 TRANSITION_KIND = "outreach.transition"
 REPORT_KIND = "facility_report"
+COHORT_DRAFT_KIND = "cohort.draft"
 
 TRANSITION_FIELDS = frozenset(
     {"id", "itemId", "from", "to", "occurredAt", "deviceId", "actorId", "seq", "role"}
 )
 REPORT_FIELDS = frozenset({"deviceId", "payload", "signature"})
 REPORT_ITEM_FIELDS = REPORT_FIELDS | {"kind", "id"}
+COHORT_DRAFT_FIELDS = frozenset({"kind", "id", "cohortId", "definition", "deviceId"})
 BATCH_FIELDS = frozenset({"v", "batchId", "nodeId", "createdAt", "items"})
 FIELD_ROLES = frozenset({Role.WORKER, Role.SUPERVISOR})
 BATCH_TRANSITION_FIELDS = frozenset({"kind"})  # a batch item also names its kind
@@ -49,6 +51,18 @@ class ReportSubmission:
 
 
 @dataclass(frozen=True)
+class CohortDraft:
+    """A proposed cohort definition (``cohort.draft``): the gateway validates
+    the definition itself (a bad one is a per-item ``cohort_invalid``, not a
+    malformed batch) and stores it as the cohort's next version."""
+
+    id: str
+    cohort_id: str
+    definition: Any  # decoded JSON, as sent
+    device_id: str | None = None  # the tablet that wrote it, when one did
+
+
+@dataclass(frozen=True)
 class OtherItem:
     """A kind this gateway does not accept from nodes; answered per item."""
 
@@ -56,7 +70,7 @@ class OtherItem:
     id: str
 
 
-BatchItem = Transition | ReportSubmission | OtherItem
+BatchItem = Transition | ReportSubmission | CohortDraft | OtherItem
 
 
 @dataclass(frozen=True)
@@ -206,6 +220,22 @@ def parse_report_submission(
         raise _at(where, err) from err
 
 
+def parse_cohort_draft(obj: Any, where: str = "") -> CohortDraft:
+    """The item's envelope; its ``definition`` is left to ``shared.cohorts``."""
+    try:
+        doc = mapping(obj, "cohort draft")
+        only_fields(doc, COHORT_DRAFT_FIELDS, "cohort draft")
+        device_id = doc.get("deviceId")
+        return CohortDraft(
+            id=identifier(required(doc, "id"), "id"),
+            cohort_id=identifier(required(doc, "cohortId"), "cohortId"),
+            definition=required(doc, "definition"),
+            device_id=None if device_id is None else identifier(device_id, "deviceId"),
+        )
+    except ValidationFailed as err:
+        raise _at(where, err) from err
+
+
 def parse_batch(obj: Mapping[str, Any], limits: Limits) -> Batch:
     only_fields(obj, BATCH_FIELDS, "batch")
     if obj.get("v") != 1:
@@ -236,6 +266,8 @@ def parse_batch(obj: Mapping[str, Any], limits: Limits) -> Batch:
             parsed.append(_parse_transition(raw, where, FIELD_ROLES, BATCH_TRANSITION_FIELDS))
         elif kind == REPORT_KIND:
             parsed.append(parse_report_submission(raw, where))
+        elif kind == COHORT_DRAFT_KIND:
+            parsed.append(parse_cohort_draft(raw, where))
         else:
             try:
                 item_id = identifier(raw.get("id"), "id")

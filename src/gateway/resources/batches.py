@@ -13,6 +13,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.auth import authenticate_node
+from gateway.cohorts import apply_draft_item
 from gateway.http import LIMITS, decode_document, now, read_body
 from gateway.idempotency import Reply, run_write
 from gateway.outreach import Scope, Source, apply_transitions
@@ -22,7 +23,7 @@ from shared.errors import ItemCode, OutOfScope, PhsError, ValidationFailed
 from shared.fsm import Transition
 from shared.idempotency import validate_key
 from shared.policy import SERVER_AUTHORITATIVE_KINDS, policy_for
-from shared.wire import OtherItem, ReportSubmission, parse_batch
+from shared.wire import CohortDraft, OtherItem, ReportSubmission, parse_batch
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -63,6 +64,8 @@ async def apply_batch(
         await flush()
         if isinstance(item, ReportSubmission):
             results.append(await _report_result(conn, node, item, request))
+        elif isinstance(item, CohortDraft):
+            results.append(await apply_draft_item(conn, node.tenant_id, node.node_id, item, moment))
         else:
             results.append(_refused_kind(item))
     await flush()
