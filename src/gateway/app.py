@@ -23,6 +23,8 @@ from gateway.resources import (
     facility_reports,
     health,
     outreach_items,
+    registry,
+    risk_scores,
 )
 from gateway.settings import Settings
 from shared.encoding import Limits
@@ -45,6 +47,12 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/sync/changes", changes.read)
     r.add_get(f"{PREFIX}/analytics/facility-reports", analytics.read)
     r.add_get(f"{PREFIX}/events", events.read)
+    r.add_put(f"{PREFIX}/registry/entries/{{id}}", registry.put)
+    r.add_delete(f"{PREFIX}/registry/entries/{{id}}", registry.delete)
+    r.add_get(f"{PREFIX}/registry/entries/{{id}}", registry.read)
+    r.add_get(f"{PREFIX}/registry/entries", registry.list_)
+    r.add_get(f"{PREFIX}/risk-scores/{{entryId}}", risk_scores.read)
+    r.add_post(f"{PREFIX}/risk-scores/{{entryId}}/overrides", risk_scores.override)
     cohort = f"{PREFIX}/cohorts/{{cohortId}}"
     r.add_post(f"{PREFIX}/cohorts", cohorts.create)
     r.add_get(f"{PREFIX}/cohorts", cohorts.list_)

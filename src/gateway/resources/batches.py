@@ -7,6 +7,8 @@ answer carries one result per item with the authoritative state after it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -17,19 +19,24 @@ from gateway.cohorts import apply_draft_item
 from gateway.http import LIMITS, decode_document, now, read_body
 from gateway.idempotency import Reply, run_write
 from gateway.outreach import Scope, Source, apply_transitions
+from gateway.refusals import RefusedWrite, record_refused
 from gateway.registry import Node
 from gateway.reports import store_report, verified_report
+from gateway.risk_scores import Origin, submit_override
 from shared.errors import ItemCode, OutOfScope, PhsError, ValidationFailed
 from shared.fsm import Transition
 from shared.idempotency import validate_key
 from shared.policy import SERVER_AUTHORITATIVE_KINDS, policy_for
-from shared.wire import CohortDraft, OtherItem, ReportSubmission, parse_batch
+from shared.risk import RISK_OVERRIDE_KIND
+from shared.wire import BatchItem, CohortDraft, OtherItem, ReportSubmission, parse_batch
 
 
 async def submit(request: web.Request) -> web.Response:
     body = await read_body(request)
     node = await authenticate_node(request, body)  # before decoding: callers are unknown
-    batch = parse_batch(decode_document(request, body), request.app[LIMITS])
+    doc = decode_document(request, body)
+    batch = parse_batch(doc, request.app[LIMITS])
+    raw_items = doc["items"]  # as sent, one per parsed item: kinds parsed here read them
     if batch.node_id != node.node_id:
         raise OutOfScope(f"batch nodeId {batch.node_id} is not the signing node")
     # A malformed key is a 400 bad_idempotency_key, as on every write endpoint.
@@ -37,14 +44,19 @@ async def submit(request: web.Request) -> web.Response:
         raise ValidationFailed("Idempotency-Key must be the batchId", field="Idempotency-Key")
 
     async def write(conn: AsyncConnection) -> Reply:
-        results = await apply_batch(conn, node, batch.batch_id, batch.items, request)
+        results = await apply_batch(conn, node, batch.batch_id, batch.items, raw_items, request)
         return Reply(200, {"batchId": batch.batch_id, "results": results})
 
     return await run_write(request, f"node:{node.node_id}", body, write)
 
 
 async def apply_batch(
-    conn: AsyncConnection, node: Node, batch_id: str, items: Any, request: web.Request
+    conn: AsyncConnection,
+    node: Node,
+    batch_id: str,
+    items: Sequence[BatchItem],
+    raw_items: Sequence[Any],
+    request: web.Request,
 ) -> list[dict[str, Any]]:
     moment = now(request)
     scope = Scope(node.tenant_id, node.facility_ids)
@@ -57,7 +69,7 @@ async def apply_batch(
             results.extend(await apply_transitions(conn, run, scope, source, moment))
             run.clear()
 
-    for item in items:
+    for index, item in enumerate(items):
         if isinstance(item, Transition):
             run.append(item)
             continue
@@ -66,8 +78,15 @@ async def apply_batch(
             results.append(await _report_result(conn, node, item, request))
         elif isinstance(item, CohortDraft):
             results.append(await apply_draft_item(conn, node.tenant_id, node.node_id, item, moment))
-        else:
-            results.append(_refused_kind(item))
+        elif isinstance(item, OtherItem):
+            if item.kind == RISK_OVERRIDE_KIND:
+                origin = Origin(f"node:{node.node_id}", batch_id, node, index)
+                result, _ = await submit_override(
+                    conn, node.tenant_id, raw_items[index], origin, moment
+                )
+                results.append(result)
+            else:
+                results.append(await _refused_kind(conn, node, batch_id, index, item, moment))
     await flush()
     return results
 
@@ -92,7 +111,15 @@ async def _report_result(
     return result
 
 
-def _refused_kind(item: OtherItem) -> dict[str, Any]:
+async def _refused_kind(
+    conn: AsyncConnection,
+    node: Node,
+    batch_id: str,
+    index: int,
+    item: OtherItem,
+    moment: datetime,
+) -> dict[str, Any]:
+    """An unknown kind, or one nodes may not write: the latter is recorded."""
     policy = policy_for(item.kind)
     if item.kind in SERVER_AUTHORITATIVE_KINDS:
         code, detail = (
@@ -106,4 +133,15 @@ def _refused_kind(item: OtherItem) -> dict[str, Any]:
         )
     else:
         code, detail = ItemCode.UNKNOWN_KIND, f"unknown kind {item.kind}"
+    if code is ItemCode.POLICY_SERVER_AUTHORITATIVE:
+        refused = RefusedWrite(
+            tenant_id=node.tenant_id,
+            principal=f"node:{node.node_id}",
+            kind=item.kind,
+            record_id=item.id,
+            detail=detail,
+            batch_id=batch_id,
+            item_index=index,
+        )
+        await record_refused(conn, refused, moment)
     return {"id": item.id, "status": "rejected", "code": code.value, "detail": detail}
