@@ -29,14 +29,19 @@ writer; the lock clauses are not emitted there.)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.schema import (
@@ -47,11 +52,15 @@ from gateway.db.schema import (
     registry_entries,
 )
 from gateway.feed import Aggregate, Op
+from gateway.http import CLOCK, DATABASE
 from shared.cohorts import CohortDefinition, depends_on_today, evaluate, parse_cohort
 from shared.registry import RegistryEntry, parse_registry_entry
 from shared.values import format_timestamp
 
 _CHUNK = 500  # ids per IN (...) query
+DAY_CHECK_SECONDS = 60.0  # how often the daily recomputation looks at the clock
+
+log = logging.getLogger("gateway.memberships")
 
 
 @dataclass(frozen=True)
@@ -425,3 +434,35 @@ async def list_members(
         )
     ).all()
     return [membership_to_wire(dict(r._mapping)) for r in rows[:limit]], len(rows) > limit
+
+
+async def daily_recompute(app: web.Application) -> AsyncIterator[None]:
+    """The app's cleanup context: ``recompute_dated`` at start, then each time
+    the app clock's UTC day changes (looked at every ``DAY_CHECK_SECONDS``)."""
+
+    async def loop() -> None:
+        done: date | None = None
+        while True:
+            moment = app[CLOCK]()
+            if evaluation_date(moment) != done:
+                try:
+                    async with app[DATABASE].write() as conn:
+                        delta = await recompute_dated(conn, moment)
+                except (SQLAlchemyError, OSError):
+                    log.exception("recomputing date-dependent cohorts failed; will retry")
+                else:
+                    done = evaluation_date(moment)
+                    if delta != Delta():
+                        log.info(
+                            "cohorts for %s: %d memberships gained, %d lost",
+                            done,
+                            delta.added,
+                            delta.removed,
+                        )
+            await asyncio.sleep(DAY_CHECK_SECONDS)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
