@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.db.database import Database
 from gateway.http import CLOCK, DATABASE, LIMITS, PREFIX, SETTINGS, Clock, system_clock
 from gateway.idempotency import WRITES, finish_writes, purge_expired
+from gateway.memberships import daily_recompute
 from gateway.middleware import problem_middleware
 from gateway.resources import (
     admin_nodes,
@@ -48,12 +49,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/sync/changes", changes.read)
     r.add_get(f"{PREFIX}/analytics/facility-reports", analytics.read)
     r.add_get(f"{PREFIX}/events", events.read)
-    r.add_put(f"{PREFIX}/registry/entries/{{id}}", registry.put)
-    r.add_delete(f"{PREFIX}/registry/entries/{{id}}", registry.delete)
-    r.add_get(f"{PREFIX}/registry/entries/{{id}}", registry.read)
-    r.add_get(f"{PREFIX}/registry/entries", registry.list_)
-    r.add_get(f"{PREFIX}/risk-scores/{{entryId}}", risk_scores.read)
-    r.add_post(f"{PREFIX}/risk-scores/{{entryId}}/overrides", risk_scores.override)
     cohort = f"{PREFIX}/cohorts/{{cohortId}}"
     r.add_post(f"{PREFIX}/cohorts", cohorts.create)
     r.add_get(f"{PREFIX}/cohorts", cohorts.list_)
@@ -67,13 +62,19 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{cohort}/members", cohorts.members)
     for method in ("PUT", "PATCH", "POST", "DELETE"):
         r.add_route(method, f"{cohort}/members", cohorts.write_members)
-
+    r.add_put(f"{PREFIX}/registry/entries/{{id}}", registry.put)
+    r.add_delete(f"{PREFIX}/registry/entries/{{id}}", registry.delete)
+    r.add_get(f"{PREFIX}/registry/entries/{{id}}", registry.read)
+    r.add_get(f"{PREFIX}/registry/entries", registry.list_)
+    r.add_get(f"{PREFIX}/risk-scores/{{entryId}}", risk_scores.read)
+    r.add_post(f"{PREFIX}/risk-scores/{{entryId}}/overrides", risk_scores.override)
     snapshot = f"{PREFIX}/quality-snapshots/{{id}}"
     r.add_post(f"{PREFIX}/quality-snapshots", quality_snapshots.create)
     r.add_get(f"{PREFIX}/quality-snapshots", quality_snapshots.list_)
     r.add_get(snapshot, quality_snapshots.read)
     for method in ("PUT", "PATCH", "DELETE"):
         r.add_route(method, snapshot, quality_snapshots.refuse_change)
+
 
 def create_app(settings: Settings, clock: Clock = system_clock) -> web.Application:
     # aiohttp refuses larger bodies itself; we translate its 413 into our problem.
@@ -88,6 +89,7 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> web.Applicati
     )
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_purge_expired_keys)
+    app.cleanup_ctx.append(daily_recompute)  # cohorts whose members change with the date
     add_routes(app)
     return app
 
