@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from gateway.db.schema import refused_writes, risk_override_audit
 from gateway.registry import enroll_node
+from gateway.risk_scores import recompute_all
 from harness import PREFIX, Gateway, NodeIdentity, assert_problem, bearer
 from test_gateway_registry import entry, feed, put
 
@@ -282,3 +283,22 @@ async def test_batch_items_of_server_authoritative_kinds_are_refused_and_recorde
         ("b-sa", n, kind, f"x-{n}", "policy_server_authoritative") for n, kind in enumerate(kinds)
     ]
     assert {(r.tenant_id, r.principal) for r in kept} == {("t1", "node:edge-01")}
+
+
+async def test_recompute_all_follows_the_date(gateway: Gateway) -> None:
+    service = await gateway.token("service")
+    analyst = await gateway.token("analyst")
+    node = await gateway.enroll()
+    await put(gateway, service, entry("e-1"))  # 40 on 2026-11-25
+    await put(gateway, service, entry("e-2"))
+    await gateway.client.delete(f"{PREFIX}/registry/entries/e-2", headers=bearer(service))
+    async with gateway.database.write() as conn:
+        assert await recompute_all(conn, gateway.clock()) == 0  # same day: nothing moves
+    gateway.clock.advance(200 * 86400)  # 2027-06-13
+    async with gateway.database.write() as conn:
+        assert await recompute_all(conn, gateway.clock()) == 1  # e-2 is deleted
+    doc = await risk(gateway, analyst)
+    # + screening overdue (2026-06-01, 377 days) 10 + immunization overdue 5
+    assert (doc["score"], doc["computedAt"]) == (55, "2027-06-13T12:00:00.000Z")
+    last = [c for c in await feed(gateway, node) if c[:2] == ("risk_score", "e-1")][-1]
+    assert last == ("risk_score", "e-1", "upsert")

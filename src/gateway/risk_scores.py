@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.db.schema import risk_override_audit, risk_overrides, risk_scores
+from gateway.db.schema import registry_entries, risk_override_audit, risk_overrides, risk_scores
 from gateway.feed import Aggregate, Op, record_change
 from gateway.refusals import RefusedWrite, record_refused
 from gateway.registry import Node
@@ -29,7 +29,7 @@ from shared.errors import (
     PolicyServerAuthoritative,
     ValidationFailed,
 )
-from shared.registry import RegistryEntry
+from shared.registry import RegistryEntry, parse_registry_entry
 from shared.risk import (
     MAX_REASON,
     RISK_OVERRIDE_KIND,
@@ -197,15 +197,16 @@ async def read_risk(conn: AsyncConnection, tenant_id: str, entry_id: str) -> dic
 
 async def recompute(
     conn: AsyncConnection, tenant_id: str, entry: RegistryEntry, moment: datetime
-) -> None:
+) -> bool:
     """Compute the entry's score for today; store and feed it if it changed
-    (or moved to another facility, whose nodes get a delete first)."""
+    (or moved to another facility, whose nodes get a delete first). Returns
+    whether it did."""
     stamp = format_timestamp(moment)
     computed = compute_risk(entry, moment.date())
     before = await _load(conn, tenant_id, entry.id)
     if before is not None and before.facility_id == entry.facility_id:
         if before.computed == computed:
-            return
+            return False
     values = {
         "facility_id": entry.facility_id,
         "score": computed.score,
@@ -230,6 +231,23 @@ async def recompute(
             await _feed_delete(conn, tenant_id, entry.id, before.facility_id, stamp)
     after = _Current(entry.facility_id, computed, stamp, override)
     await _feed_upsert(conn, tenant_id, entry.id, after, stamp)
+    return True
+
+
+async def recompute_all(conn: AsyncConnection, moment: datetime) -> int:
+    """Recompute every live entry's score for ``moment``'s day (scores move
+    with the date: birthdays, screenings falling overdue). Meant to run when
+    the day changes; returns how many scores changed."""
+    rows = await conn.execute(
+        sa.select(registry_entries.c.tenant_id, registry_entries.c.data)
+        .where(registry_entries.c.deleted_at.is_(None))
+        .order_by(registry_entries.c.tenant_id, registry_entries.c.id)
+    )
+    changed = 0
+    for row in rows.all():
+        if await recompute(conn, row.tenant_id, parse_registry_entry(row.data), moment):
+            changed += 1
+    return changed
 
 
 async def drop(conn: AsyncConnection, tenant_id: str, entry_id: str, moment: datetime) -> None:
