@@ -13,7 +13,6 @@ from gateway.db.database import Database
 from gateway.http import CLOCK, DATABASE, LIMITS, PREFIX, SETTINGS, Clock, system_clock
 from gateway.idempotency import WRITES, finish_writes, purge_expired
 from gateway.memberships import daily_recompute
-from gateway.memberships import daily_recompute
 from gateway.middleware import problem_middleware
 from gateway.resources import (
     admin_nodes,
@@ -90,7 +89,6 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> web.Applicati
     )
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_purge_expired_keys)
-    app.cleanup_ctx.append(daily_recompute)  # cohorts whose members change with the date
     app.cleanup_ctx.append(daily_recompute)  # cohorts whose members change with the date
     add_routes(app)
     return app
