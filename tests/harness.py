@@ -241,3 +241,59 @@ async def document(resp: Any) -> Any:
     if resp.content_type == "application/msgpack":
         return msgpack.unpackb(raw)
     return json.loads(raw)
+
+
+def report_metrics(
+    patients: int, encounters: int, screening: tuple[int, int], immunization: tuple[int, int]
+) -> dict[str, Any]:
+    """A report's metrics from its counts: ``screening`` is (due, done),
+    ``immunization`` (due, given); rates as the edge computes them."""
+
+    def rate(due: int, done: int) -> float | None:
+        return None if due == 0 else round(done / due, 4)
+
+    return {
+        "patientCount": patients,
+        "encounterCount": encounters,
+        "screening": {"due": screening[0], "done": screening[1], "rate": rate(*screening)},
+        "immunization": {
+            "due": immunization[0],
+            "given": immunization[1],
+            "rate": rate(*immunization),
+        },
+    }
+
+
+async def submit_report(
+    gateway: Gateway,
+    node: NodeIdentity,
+    facility: str,
+    period_key: str,
+    metrics: dict[str, Any],
+    period_type: str = "weekly",
+) -> str:
+    """A report signed by ``node``, through ``POST …/sync/facility-reports``
+    as an edge node sends it; returns the stored reportId."""
+    payload = encode_report_payload(
+        FacilityReport(
+            tenant_id=node.tenant_id,
+            facility_id=facility,
+            device_id=node.node_id,
+            period=parse_period(period_type, period_key),
+            generated_at=START,
+            metrics=metrics,
+        )
+    )
+    doc = {"deviceId": node.node_id, "payload": payload, "signature": node.keypair.sign(payload)}
+    resp = await gateway.client.post(
+        f"{PREFIX}/sync/facility-reports",
+        data=msgpack.packb(doc),
+        headers={"Content-Type": "application/msgpack"},
+    )
+    assert resp.status == 201, await resp.text()
+    return str((await document(resp))["reportId"])
+
+
+def token_principal(token: str) -> str:
+    """The principal of a bearer token (``phs_<tokenId>_<secret>``)."""
+    return "token:" + token.split("_")[1]

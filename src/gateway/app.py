@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.db.database import Database
+from gateway.deident_jobs import DEIDENT_JOBS
+from gateway.export_jobs import job_runner_context
+from gateway.hmis_jobs import HMIS_JOBS
 from gateway.http import CLOCK, DATABASE, LIMITS, PREFIX, SETTINGS, Clock, system_clock
 from gateway.idempotency import WRITES, finish_writes, purge_expired
 from gateway.memberships import daily_recompute
@@ -20,9 +23,11 @@ from gateway.resources import (
     batches,
     changes,
     cohorts,
+    deident_exports,
     events,
     facility_reports,
     health,
+    hmis_exports,
     outreach_items,
     quality_snapshots,
     registry,
@@ -74,6 +79,12 @@ def add_routes(app: web.Application) -> None:
     r.add_get(snapshot, quality_snapshots.read)
     for method in ("PUT", "PATCH", "DELETE"):
         r.add_route(method, snapshot, quality_snapshots.refuse_change)
+    r.add_post(f"{PREFIX}/hmis-exports", hmis_exports.create)
+    r.add_get(f"{PREFIX}/hmis-exports/{{id}}", hmis_exports.read)
+    r.add_get(f"{PREFIX}/hmis-exports/{{id}}/document", hmis_exports.document)
+    r.add_post(f"{PREFIX}/deident-exports", deident_exports.create)
+    r.add_get(f"{PREFIX}/deident-exports/{{id}}", deident_exports.read)
+    r.add_get(f"{PREFIX}/deident-exports/{{id}}/download", deident_exports.download)
 
 
 def create_app(settings: Settings, clock: Clock = system_clock) -> web.Application:
@@ -88,6 +99,7 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> web.Applicati
         max_items=settings.max_batch_items,
     )
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(job_runner_context((HMIS_JOBS, DEIDENT_JOBS)))
     app.cleanup_ctx.append(_purge_expired_keys)
     app.cleanup_ctx.append(daily_recompute)  # cohorts whose members change with the date
     add_routes(app)

@@ -26,6 +26,7 @@ service renders it as an RFC 9457 problem document::
     │   ├── AlreadyExists            already_exists
     │   ├── Immutable                immutable
     │   ├── ReportConflict           report_conflict
+    │   ├── ExportNotDownloadable    export_not_downloadable (+ state)
     │   └── IdempotencyInFlight      idempotency_in_flight
     ├── PayloadTooLarge (413)        payload_too_large
     │   └── BatchTooLarge            batch_too_large
@@ -189,6 +190,15 @@ class Immutable(Conflict):
 class ReportConflict(Conflict):
     code = "report_conflict"
     title = "Report conflicts with the stored report"
+
+
+class ExportNotDownloadable(Conflict):
+    """An export job's result was asked for, but the job has none to give:
+    it is not finished, failed, or (a de-identified extract) blocked. The
+    problem names the job's ``state``."""
+
+    code = "export_not_downloadable"
+    title = "Export not downloadable"
 
 
 class IdempotencyInFlight(Conflict):
