@@ -615,12 +615,16 @@ async def test_the_running_gateway_recomputes_when_its_day_changes(
     await put_entry(gateway, service, entry("e1", birth="1986-11-26"))  # 40 tomorrow
     await create(gateway, admin, {"field": "age", "op": "ge", "value": 40}, "forty-plus")
     assert await member_ids(gateway, admin, "forty-plus") == []
+    risk_before = await get(gateway, admin, f"{PREFIX}/risk-scores/e1")
     gateway.clock.advance(12 * 3600)  # midnight UTC
     for _ in range(500):
         if await member_ids(gateway, admin, "forty-plus"):
             break
         await asyncio.sleep(0.01)
     assert await member_ids(gateway, admin, "forty-plus") == ["e1"]
+    # The risk score moved with the day in the same transaction: 40s are +5 points.
+    risk_after = await get(gateway, admin, f"{PREFIX}/risk-scores/e1")
+    assert risk_after["score"] == risk_before["score"] + 5
 
 
 async def test_the_versions_table_is_insert_only(gateway: Gateway) -> None:

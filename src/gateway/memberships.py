@@ -44,6 +44,7 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import risk_scores
 from gateway.db.schema import (
     changes,
     cohort_memberships,
@@ -438,7 +439,9 @@ async def list_members(
 
 async def daily_recompute(app: web.Application) -> AsyncIterator[None]:
     """The app's cleanup context: ``recompute_dated`` at start, then each time
-    the app clock's UTC day changes (looked at every ``DAY_CHECK_SECONDS``)."""
+    the app clock's UTC day changes (looked at every ``DAY_CHECK_SECONDS``).
+    Risk scores move with the date too (birthdays, screenings falling
+    overdue): they are recomputed in the same transaction."""
 
     async def loop() -> None:
         done: date | None = None
@@ -448,16 +451,18 @@ async def daily_recompute(app: web.Application) -> AsyncIterator[None]:
                 try:
                     async with app[DATABASE].write() as conn:
                         delta = await recompute_dated(conn, moment)
+                        scores = await risk_scores.recompute_all(conn, moment)
                 except (SQLAlchemyError, OSError):
                     log.exception("recomputing date-dependent cohorts failed; will retry")
                 else:
                     done = evaluation_date(moment)
-                    if delta != Delta():
+                    if delta != Delta() or scores:
                         log.info(
-                            "cohorts for %s: %d memberships gained, %d lost",
+                            "day %s: %d memberships gained, %d lost; %d risk scores changed",
                             done,
                             delta.added,
                             delta.removed,
+                            scores,
                         )
             await asyncio.sleep(DAY_CHECK_SECONDS)
 
