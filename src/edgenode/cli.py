@@ -32,7 +32,7 @@ from edgenode.pairing import issue_code
 from edgenode.reports import ensure_complete, generate_report
 from edgenode.service import create_app, serve
 from edgenode.settings import CONFIG_NAME, EdgeSettings, load_edge_settings
-from edgenode.status import collect_problems, collect_status
+from edgenode.status import collect_problems, collect_refused_writes, collect_status
 from edgenode.store.database import EdgeDatabase
 from edgenode.sync import Forwarder, Puller
 from shared.errors import PhsError, ValidationFailed
@@ -81,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--period", required=True, help="2026-W47 or 2026-11-23")
     sub.add_parser("sync", parents=[common], help="one forward and pull cycle now")
     sub.add_parser("status", parents=[common], help="outbox depth, last sync, problems")
-    sub.add_parser("problems", parents=[common], help="records the gateway refused")
+    sub.add_parser(
+        "problems", parents=[common], help="records the gateway refused, tablet writes refused here"
+    )
     return parser
 
 
@@ -251,10 +253,18 @@ async def status(settings: EdgeSettings, _args: argparse.Namespace, db: EdgeData
 async def problems(_settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDatabase) -> int:
     async with db.read() as conn:
         rows = await collect_problems(conn)
+        refused = await collect_refused_writes(conn)
     if not rows:
         print("no problems: the gateway has refused nothing")
     for row in rows:
         print(f"{row['at']}  {row['kind']}  {row['id']}  ({row['subject']}): {row['code']}")
+    if refused:
+        print("tablet writes refused by this node:")
+    for row in refused:
+        print(
+            f"{row['at']}  {row['kind']}  {row['id']}  (device {row['device_id']}): "
+            f"{row['code']}: {row['detail']}"
+        )
     return 0
 
 

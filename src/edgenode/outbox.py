@@ -5,10 +5,15 @@ transaction before its first send, so every resend after a failure or a
 crash is byte-for-byte the same request under the same Idempotency-Key.
 Batches are sent strictly in order, which keeps each item's transitions in
 order at the gateway.
+
+A batch holds transitions, then facility reports, then tablets' cohort
+drafts (``edgenode.tablet_items``), oldest first within each; the answer to
+each record is stored with it.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +25,8 @@ import msgpack
 
 from edgenode.outreach import adopt_gateway_states
 from edgenode.store.database import fetch_all, fetch_one
+from edgenode.tablet_items import DRAFT_KIND
+from shared.encoding import JSON, encode
 from shared.values import format_timestamp
 from shared.wire import REPORT_KIND, TRANSITION_KIND
 
@@ -63,6 +70,17 @@ def _transition_item(row: aiosqlite.Row) -> dict[str, Any]:
     return item
 
 
+def _draft_item(row: aiosqlite.Row) -> dict[str, Any]:
+    """A tablet's cohort draft, as the gateway validates and versions it."""
+    return {
+        "kind": DRAFT_KIND,
+        "id": row["draft_id"],
+        "cohortId": row["cohort_id"],
+        "definition": json.loads(row["definition"]),
+        "deviceId": row["device_id"],
+    }
+
+
 def report_item_id(facility_id: str, period_key: str) -> str:
     return f"report.{facility_id}.{period_key}"
 
@@ -75,6 +93,7 @@ async def build_batch(
     items: list[dict[str, Any]] = []
     transition_seqs: list[int] = []
     report_seqs: list[int] = []
+    draft_seqs: list[int] = []
     rows = await fetch_all(
         conn,
         "SELECT seq, transition_id, item_id, from_state, to_state, occurred_at, device_id, "
@@ -90,7 +109,8 @@ async def build_batch(
         budget -= size
         items.append(item)
         transition_seqs.append(row["seq"])
-    if len(items) == len(rows):  # room left: reports follow the transitions
+    room = len(items) == len(rows)
+    if room:  # reports follow the transitions
         reports = await fetch_all(
             conn,
             "SELECT seq, facility_id, period_key, payload, signature FROM reports "
@@ -107,10 +127,25 @@ async def build_batch(
             }
             size = len(msgpack.packb(item, use_bin_type=True))
             if size > budget:
+                room = False
                 break
             budget -= size
             items.append(item)
             report_seqs.append(row[0])
+    if room and len(items) < max_items:  # then cohort drafts
+        for row in await fetch_all(
+            conn,
+            "SELECT seq, draft_id, cohort_id, definition, device_id FROM cohort_drafts "
+            "WHERE batch_id IS NULL ORDER BY seq LIMIT ?",
+            (max_items - len(items),),
+        ):
+            item = _draft_item(row)
+            size = len(msgpack.packb(item, use_bin_type=True))
+            if size > budget:
+                break
+            budget -= size
+            items.append(item)
+            draft_seqs.append(row["seq"])
     if not items:
         return None
     batch_id = uuid.uuid4().hex
@@ -130,6 +165,10 @@ async def build_batch(
     )
     await conn.executemany(
         "UPDATE reports SET batch_id = ? WHERE seq = ?", [(batch_id, seq) for seq in report_seqs]
+    )
+    await conn.executemany(
+        "UPDATE cohort_drafts SET batch_id = ? WHERE seq = ?",
+        [(batch_id, seq) for seq in draft_seqs],
     )
     return OpenBatch(batch_id, body, len(items), 0, stamp)
 
@@ -165,7 +204,14 @@ async def record_results(
         "SELECT seq, facility_id, period_key FROM reports WHERE batch_id = ? ORDER BY seq",
         (batch_id,),
     )
-    expected = [row[1] for row in transitions] + [report_item_id(r[1], r[2]) for r in reports]
+    drafts = await fetch_all(
+        conn, "SELECT seq, draft_id FROM cohort_drafts WHERE batch_id = ? ORDER BY seq", (batch_id,)
+    )
+    expected = (
+        [row[1] for row in transitions]
+        + [report_item_id(r[1], r[2]) for r in reports]
+        + [r[1] for r in drafts]
+    )
     if [r.get("id") for r in results] != expected:
         raise ResultMismatch(f"batch {batch_id}: answer lists other items than were sent")
     final: dict[str, tuple[str, int]] = {}  # item -> (gateway state, seq of its last record)
@@ -185,7 +231,25 @@ async def record_results(
         "gateway_at = ? WHERE seq = ?",
         [
             (result["status"], result.get("code"), result.get("reportId"), stamp, row[0])
-            for row, result in zip(reports, results[len(transitions) :], strict=True)
+            for row, result in zip(
+                reports, results[len(transitions) : len(transitions) + len(reports)], strict=True
+            )
+        ],
+    )
+    await conn.executemany(
+        "UPDATE cohort_drafts SET gateway_status = ?, gateway_code = ?, gateway_detail = ?, "
+        "gateway_version = ?, gateway_result = ?, gateway_at = ? WHERE seq = ?",
+        [
+            (
+                result["status"],
+                result.get("code"),
+                _text(result.get("detail")),
+                _version(result.get("version")),
+                _result_json(result),
+                stamp,
+                row[0],
+            )
+            for row, result in zip(drafts, results[len(transitions) + len(reports) :], strict=True)
         ],
     )
     await conn.execute(
@@ -194,6 +258,23 @@ async def record_results(
         (DONE, stamp, batch_id),
     )
     await set_state(conn, "last_forward_ok", stamp)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:1000]
+
+
+def _result_json(result: Mapping[str, Any]) -> str | None:
+    """A draft's whole answer (its version, its errors...) as JSON text."""
+    try:
+        return encode(dict(result), JSON).decode("utf-8")
+    except (TypeError, ValueError):  # not JSON (NaN...): its status and code still are kept
+        return None
+
+
+def _version(value: Any) -> int | None:
+    """The version the gateway numbered a draft (an integer), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 async def record_retry(
@@ -232,7 +313,7 @@ async def split_refused(
         "SELECT batch_id FROM outbox_batches WHERE stage = ? AND seq > "
         "(SELECT seq FROM outbox_batches WHERE batch_id = ?)"
     )
-    for table in ("transitions", "reports"):
+    for table in ("transitions", "reports", "cohort_drafts"):
         await conn.execute(
             f"UPDATE {table} SET batch_id = NULL WHERE batch_id = ? OR batch_id IN ({later})",
             (batch_id, PENDING, batch_id),
@@ -283,6 +364,11 @@ async def record_refused(
         "UPDATE reports SET gateway_status = 'rejected', gateway_code = ?, gateway_at = ? "
         "WHERE batch_id = ?",
         (code, stamp, batch_id),
+    )
+    await conn.execute(
+        "UPDATE cohort_drafts SET gateway_status = 'rejected', gateway_code = ?, "
+        "gateway_detail = ?, gateway_at = ? WHERE batch_id = ?",
+        (code, detail[:1000], stamp, batch_id),
     )
     await clear_state(conn, BATCH_LIMIT)
 

@@ -298,7 +298,7 @@ async def apply_changes(
     the feed echoes every transition the edge forwarded, a page of a thousand
     held the write lock for half a second."""
     stamp = format_timestamp(now)
-    # Other aggregates join the projection in later releases.
+    # Other aggregates go to the server-authoritative projection (edgenode.server_data).
     entries = [c for c in changes if c.get("aggregate") == "outreach_item"]
     upserted = sorted({c["data"]["id"] for c in entries if c.get("op") != "delete"})
     # A local move still on its way keeps the local state until its answer comes.

@@ -23,7 +23,7 @@ from edgenode.intake import OUTREACH_INTAKE, OutreachIntake
 from edgenode.lan import LISTEN_PORT, ListenPort, lan_presence
 from edgenode.outbox import get_state
 from edgenode.reports import generate_report
-from edgenode.resources import devices, encounters, outreach, status
+from edgenode.resources import devices, encounters, items, outreach, server_data, status
 from edgenode.scheduler import due_periods
 from edgenode.settings import EdgeSettings
 from edgenode.store.database import EdgeDatabase
@@ -47,6 +47,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/sync/outreach", outreach.push)
     r.add_post(f"{PREFIX}/sync/encounters", encounters.push)
     r.add_get(f"{PREFIX}/outreach-items", outreach.list_items)
+    r.add_post(f"{PREFIX}/sync/items", items.push)
+    r.add_get(f"{PREFIX}/server-data", server_data.list_records)
 
 
 def create_app(

@@ -1,5 +1,6 @@
-"""What an operator needs to see: outbox depth and age, last sync, problems,
-and the field devices seen on the LAN.
+"""What an operator needs to see: outbox depth and age, last sync, problems
+(records the gateway refused, tablet writes the edge refused), and the field
+devices seen on the LAN.
 
 Shared by ``edgenode status``/``problems``, the status page and /metrics.
 """
@@ -26,6 +27,10 @@ async def collect_status(conn: aiosqlite.Connection, now: datetime) -> dict[str,
     reports = await fetch_one(
         conn, "SELECT count(*), min(generated_at) FROM reports WHERE gateway_status IS NULL"
     )
+    drafts = await fetch_one(
+        conn, "SELECT count(*), min(received_at) FROM cohort_drafts WHERE gateway_status IS NULL"
+    )
+    refused = await fetch_one(conn, "SELECT count(*) FROM refused_writes")
     batches = await fetch_one(
         conn,
         "SELECT count(*), sum(attempts), max(last_error) FROM outbox_batches "
@@ -40,7 +45,8 @@ async def collect_status(conn: aiosqlite.Connection, now: datetime) -> dict[str,
         )
     }
     assert unsent is not None and reports is not None and batches is not None
-    oldest = min((t for t in (unsent[1], reports[1]) if t), default=None)
+    assert drafts is not None and refused is not None
+    oldest = min((t for t in (unsent[1], reports[1], drafts[1]) if t), default=None)
     last_error = await fetch_one(
         conn,
         "SELECT last_error FROM outbox_batches WHERE last_error IS NOT NULL "
@@ -52,12 +58,14 @@ async def collect_status(conn: aiosqlite.Connection, now: datetime) -> dict[str,
     problems = await fetch_one(
         conn,
         "SELECT (SELECT count(*) FROM transitions WHERE gateway_status = 'rejected') + "
-        "(SELECT count(*) FROM reports WHERE gateway_status = 'rejected')",
+        "(SELECT count(*) FROM reports WHERE gateway_status = 'rejected') + "
+        "(SELECT count(*) FROM cohort_drafts WHERE gateway_status = 'rejected')",
     )
     return {
-        "outboxDepth": int(unsent[0]) + int(reports[0]),
+        "outboxDepth": int(unsent[0]) + int(reports[0]) + int(drafts[0]),
         "unsentTransitions": int(unsent[0]),
         "unsentReports": int(reports[0]),
+        "unsentCohortDrafts": int(drafts[0]),
         "openBatches": int(batches[0]),
         "oldestUnsentAt": oldest,
         "oldestUnsentAgeSeconds": (now - parse_timestamp(oldest, "oldest")).total_seconds()
@@ -72,6 +80,8 @@ async def collect_status(conn: aiosqlite.Connection, now: datetime) -> dict[str,
         "encounters": int(encounters[0]) if encounters else 0,
         "reportsGenerated": int(reports_total[0]) if reports_total else 0,
         "problems": int(problems[0]) if problems else 0,
+        # Tablet writes the edge refused itself (POST …/sync/items): never sent.
+        "refusedWrites": int(refused[0]),
         "devicesSeen": await list_devices_seen(conn),
     }
 
@@ -85,7 +95,24 @@ async def collect_problems(conn: aiosqlite.Connection, limit: int = 200) -> list
         "FROM transitions WHERE gateway_status = 'rejected' "
         "UNION ALL SELECT 'facility_report', facility_id || '/' || period_key, facility_id, "
         "gateway_code, NULL, gateway_at, batch_id FROM reports "
-        "WHERE gateway_status = 'rejected' ORDER BY at DESC LIMIT ?",
+        "WHERE gateway_status = 'rejected' "
+        "UNION ALL SELECT 'cohort.draft', draft_id, cohort_id, gateway_code, NULL, gateway_at, "
+        "batch_id FROM cohort_drafts WHERE gateway_status = 'rejected' "
+        "ORDER BY at DESC LIMIT ?",
+        (limit,),
+    )
+    return [dict(row) for row in rows]
+
+
+async def collect_refused_writes(
+    conn: aiosqlite.Connection, limit: int = 200
+) -> list[dict[str, Any]]:
+    """Tablet writes the edge refused itself (policy, unknown kind, invalid
+    cohort draft), newest first, with their reasons; never deleted."""
+    rows = await fetch_all(
+        conn,
+        "SELECT kind, record_id AS id, device_id, code, detail, received_at AS at "
+        "FROM refused_writes ORDER BY seq DESC LIMIT ?",
         (limit,),
     )
     return [dict(row) for row in rows]

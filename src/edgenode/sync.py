@@ -32,6 +32,7 @@ from edgenode.outbox import (
     split_refused,
 )
 from edgenode.outreach import apply_changes
+from edgenode.server_data import apply_server_changes
 from edgenode.settings import EdgeSettings
 from edgenode.store.database import EdgeDatabase
 from shared.values import format_timestamp, parse_timestamp
@@ -238,6 +239,8 @@ class Puller:
             doc = answer.document
             async with self._db.write() as conn:
                 summary.changes += await apply_changes(conn, doc["changes"], self._clock())
+                # Every other aggregate, known or not: the server-authoritative projection.
+                summary.changes += await apply_server_changes(conn, doc["changes"], self._clock())
                 # The cursor commits with the changes it covers: a crash resumes here.
                 await set_state(conn, "changes_cursor", str(doc["cursor"]))
                 await set_state(conn, "last_pull_ok", format_timestamp(self._clock()))

@@ -88,6 +88,8 @@ async def metrics(request: web.Request) -> web.Response:
         f"phs_edge_open_batches {status['openBatches']}",
         "# TYPE phs_edge_problems gauge",
         f"phs_edge_problems {status['problems']}",
+        "# TYPE phs_edge_refused_writes gauge",
+        f"phs_edge_refused_writes {status['refusedWrites']}",
         "# TYPE phs_edge_paired_devices gauge",
         f"phs_edge_paired_devices {status['pairedDevices']}",
         "# TYPE phs_edge_devices_present gauge",

@@ -161,4 +161,56 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS devices_seen_by_name ON devices_seen (service_name)",
         ),
     ),
+    (
+        4,
+        "server-authoritative projection, refused tablet writes, cohort drafts",
+        (
+            # The gateway's server-authoritative data (registry entries, cohorts,
+            # memberships, risk scores, quality snapshots, and any aggregate this
+            # release does not know), one row per record, ``data`` as the feed gave
+            # it. A delete keeps its row (deleted = 1) so tablets learn of it;
+            # ``local_seq`` orders the rows for tablet cursors.
+            """CREATE TABLE IF NOT EXISTS server_records (
+            aggregate TEXT NOT NULL,
+            entity_id TEXT NOT NULL,
+            facility_id TEXT,
+            data TEXT,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            gateway_seq INTEGER,
+            local_seq INTEGER NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (aggregate, entity_id))""",
+            """CREATE UNIQUE INDEX IF NOT EXISTS server_records_by_local_seq
+            ON server_records (local_seq)""",
+            # Tablet writes the edge refused itself (shared.policy): kept, never sent.
+            """CREATE TABLE IF NOT EXISTS refused_writes (
+            seq INTEGER PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            record_id TEXT NOT NULL,
+            code TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            received_at TEXT NOT NULL)""",
+            # Cohort drafts a tablet wrote, valid here, queued for the gateway,
+            # which numbers versions: its whole answer is kept with them.
+            """CREATE TABLE IF NOT EXISTS cohort_drafts (
+            seq INTEGER PRIMARY KEY,
+            draft_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            cohort_id TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            batch_id TEXT,
+            gateway_status TEXT,
+            gateway_code TEXT,
+            gateway_detail TEXT,
+            gateway_version INTEGER,
+            gateway_result TEXT,
+            gateway_at TEXT,
+            UNIQUE (device_id, draft_id))""",
+            """CREATE INDEX IF NOT EXISTS cohort_drafts_unsent ON cohort_drafts (seq)
+            WHERE batch_id IS NULL""",
+            "CREATE INDEX IF NOT EXISTS cohort_drafts_by_batch ON cohort_drafts (batch_id)",
+        ),
+    ),
 )

@@ -1,0 +1,214 @@
+"""Tablet writes of any kind (``POST …/sync/items``), judged locally by the
+policy table of ``shared.policy`` (CONTRACT section 3): the edge refuses what
+the gateway would refuse, before it travels.
+
+- ``cohort.draft`` (the table's client submission for ``population_cohort``)
+  is checked with ``shared.cohorts``: an invalid definition is ``rejected``
+  ``cohort_invalid`` with every error's JSON-pointer path; a valid one is
+  ``accepted``, kept in ``cohort_drafts`` and sent to the gateway in the next
+  batch (``edgenode.outbox``), whose answer (the version it numbered, or its
+  refusal) is stored with it.
+- A server-authoritative kind, or any kind the table lets no edge or device
+  write (``risk_score.override``), is ``rejected``
+  ``policy_server_authoritative``.
+- Kinds tablets do write, through their own endpoints
+  (``outreach.transition``, ``facility_report``), are ``rejected``
+  ``validation_failed`` with a detail naming the endpoint.
+- Any other kind is ``rejected`` ``unknown_kind``.
+
+Every refusal is kept in ``refused_writes`` (device, kind, record, code,
+detail, time): nothing a tablet sends is dropped without a trace.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+
+from edgenode.store.database import fetch_all
+from gateway.http import PREFIX
+from shared.cohorts import parse_cohort
+from shared.encoding import JSON, encode
+from shared.errors import CohortInvalid, ItemCode, ValidationFailed
+from shared.policy import POLICY_TABLE, SERVER_AUTHORITATIVE_KINDS, policy_for
+from shared.values import format_timestamp, identifier, is_identifier, only_fields, required
+from shared.wire import REPORT_KIND, TRANSITION_KIND
+
+_COHORT = POLICY_TABLE["population_cohort"]
+assert _COHORT.client_submission_kind is not None, "the policy table names the draft kind"
+#: The kind in which tablets propose cohort definitions (from the policy table).
+DRAFT_KIND: str = _COHORT.client_submission_kind
+DRAFT_FIELDS = frozenset({"kind", "id", "cohortId", "definition"})
+MAX_KIND = 64
+CHUNK = 500
+
+# Where tablets send the kinds the edge does take from them. Routing, not
+# policy: which kinds those are is the policy table's to say.
+OWN_ENDPOINTS: Mapping[str, str] = {
+    TRANSITION_KIND: f"POST {PREFIX}/sync/outreach",
+    REPORT_KIND: f"POST {PREFIX}/sync/encounters (the edge node generates facility "
+    "reports from encounters)",
+}
+
+
+@dataclass(frozen=True)
+class TabletItem:
+    """One pushed item: its kind and id; a draft's cohort and definition."""
+
+    kind: str
+    id: str
+    cohort_id: str | None = None
+    definition: Any = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: ItemCode
+    detail: str
+
+
+def judge_kind(kind: str) -> Refusal | None:
+    """Why a tablet may not write ``kind`` here; None for a cohort draft. Pure."""
+    if kind == DRAFT_KIND:
+        return None
+    row = policy_for(kind)
+    if row is None:
+        return Refusal(ItemCode.UNKNOWN_KIND, f"unknown kind {kind}")
+    if kind in SERVER_AUTHORITATIVE_KINDS or not row.accepts_edge_writes:
+        writers = " or ".join(sorted(w.value for w in row.writers))
+        detail = f"{kind} is {row.policy.value}: written by {writers}, never by a tablet"
+        if row.client_submission_kind:
+            detail += f"; tablets may submit {row.client_submission_kind}"
+        return Refusal(ItemCode.POLICY_SERVER_AUTHORITATIVE, detail)
+    where = OWN_ENDPOINTS.get(kind, "its own endpoint")
+    return Refusal(ItemCode.VALIDATION_FAILED, f"{kind} is not taken here: use {where}")
+
+
+def _at(where: str, err: ValidationFailed) -> ValidationFailed:
+    return ValidationFailed(f"{where}: {err.detail}", path=where)
+
+
+def parse_item(obj: Any, where: str) -> TabletItem:
+    """An item's envelope (a bad one refuses the whole push, 422). A draft's
+    definition is judged per item, not here."""
+    if not isinstance(obj, Mapping):
+        raise ValidationFailed(f"{where}: each item must be an object", path=where)
+    kind = obj.get("kind")
+    if not (is_identifier(kind) and isinstance(kind, str) and len(kind) <= MAX_KIND):
+        raise ValidationFailed(
+            f"{where}/kind: kind must be 1-{MAX_KIND} characters of [A-Za-z0-9._:-]",
+            path=f"{where}/kind",
+        )
+    try:
+        item_id = identifier(obj.get("id"), "id")
+        if kind != DRAFT_KIND:
+            return TabletItem(kind, item_id)
+        only_fields(obj, DRAFT_FIELDS, "cohort draft")
+        return TabletItem(
+            kind,
+            item_id,
+            cohort_id=identifier(required(obj, "cohortId"), "cohortId"),
+            definition=required(obj, "definition"),
+        )
+    except ValidationFailed as err:
+        raise _at(where, err) from err
+
+
+def parse_items(raw: Sequence[Any]) -> list[TabletItem]:
+    return [parse_item(obj, f"/items/{n}") for n, obj in enumerate(raw)]
+
+
+async def _known_drafts(
+    conn: aiosqlite.Connection, device_id: str, ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """This device's drafts already kept, by id: what a resend is answered."""
+    known: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for row in await fetch_all(
+            conn,
+            "SELECT draft_id, cohort_id, gateway_status, gateway_code, gateway_version "
+            f"FROM cohort_drafts WHERE device_id = ? AND draft_id IN ({marks})",
+            (device_id, *chunk),
+        ):
+            known[row["draft_id"]] = draft_state(row)
+    return known
+
+
+def draft_state(row: sqlite3.Row) -> dict[str, Any]:
+    """A kept draft as a tablet sees it: the gateway's answer once it came."""
+    state: dict[str, Any] = {"cohortId": row["cohort_id"]}
+    if row["gateway_status"] is not None:
+        state["gatewayStatus"] = row["gateway_status"]
+        if row["gateway_code"] is not None:
+            state["gatewayCode"] = row["gateway_code"]
+        if row["gateway_version"] is not None:
+            state["version"] = row["gateway_version"]
+    return state
+
+
+async def ingest_items(
+    conn: aiosqlite.Connection, device_id: str, items: Sequence[TabletItem], now: datetime
+) -> list[dict[str, Any]]:
+    """Judge each item, keep valid drafts and every refusal; one result per item."""
+    stamp = format_timestamp(now)
+    known = await _known_drafts(
+        conn, device_id, sorted({i.id for i in items if i.kind == DRAFT_KIND})
+    )
+    results: list[dict[str, Any]] = []
+    refused: list[tuple[str, str, str, str, str, str]] = []
+    drafts: list[tuple[str, str, str, str, str]] = []
+    for item in items:
+        result: dict[str, Any] = {"id": item.id, "kind": item.kind}
+        refusal = judge_kind(item.kind)
+        if refusal is None:
+            refusal = _draft(item, known, result, drafts, device_id, stamp)
+        if refusal is not None:
+            result.update(status="rejected", code=refusal.code.value, detail=refusal.detail)
+            refused.append(
+                (device_id, item.kind, item.id, refusal.code.value, refusal.detail, stamp)
+            )
+        results.append(result)
+    await conn.executemany(
+        "INSERT INTO refused_writes (device_id, kind, record_id, code, detail, received_at) "
+        "VALUES (?,?,?,?,?,?)",
+        refused,
+    )
+    await conn.executemany(
+        "INSERT INTO cohort_drafts (draft_id, device_id, cohort_id, definition, received_at) "
+        "VALUES (?,?,?,?,?)",
+        drafts,
+    )
+    return results
+
+
+def _draft(
+    item: TabletItem,
+    known: dict[str, dict[str, Any]],
+    result: dict[str, Any],
+    drafts: list[tuple[str, str, str, str, str]],
+    device_id: str,
+    stamp: str,
+) -> Refusal | None:
+    """A cohort draft: a resend answered from what was kept, an invalid one
+    refused with every error, a valid one queued (``drafts``)."""
+    if item.id in known:
+        result.update(status="duplicate", **known[item.id])
+        return None
+    try:
+        parse_cohort(item.definition)
+    except CohortInvalid as err:
+        result["errors"] = err.errors
+        return Refusal(ItemCode.COHORT_INVALID, err.detail)
+    assert item.cohort_id is not None
+    definition = encode(item.definition, JSON).decode("utf-8")  # valid: plain JSON
+    drafts.append((item.id, device_id, item.cohort_id, definition, stamp))
+    known[item.id] = {"cohortId": item.cohort_id}
+    result.update(status="accepted", cohortId=item.cohort_id)
+    return None
