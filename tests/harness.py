@@ -65,7 +65,11 @@ class Gateway:
         return token
 
     async def enroll(
-        self, node_id: str = "edge-01", tenant: str = "t1", facilities: tuple[str, ...] = ("f-001",)
+        self,
+        node_id: str = "edge-01",
+        tenant: str = "t1",
+        facilities: tuple[str, ...] = ("f-001",),
+        capabilities: tuple[str, ...] = (),
     ) -> NodeIdentity:
         node = NodeIdentity(node_id, tenant, list(facilities))
         async with self.database.write() as conn:
@@ -75,7 +79,7 @@ class Gateway:
                 tenant_id=tenant,
                 facility_ids=facilities,
                 public_key=node.keypair.public_key,
-                capabilities=[],
+                capabilities=list(capabilities),
                 now=self.clock(),
             )
         return node

@@ -72,6 +72,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/registry/entries/{{id}}", registry.read)
     r.add_get(f"{PREFIX}/registry/entries", registry.list_)
     r.add_get(f"{PREFIX}/risk-scores/{{entryId}}", risk_scores.read)
+    for method in ("PUT", "PATCH", "DELETE"):
+        r.add_route(method, f"{PREFIX}/risk-scores/{{entryId}}", risk_scores.refuse_computed)
     r.add_post(f"{PREFIX}/risk-scores/{{entryId}}/overrides", risk_scores.override)
     snapshot = f"{PREFIX}/quality-snapshots/{{id}}"
     r.add_post(f"{PREFIX}/quality-snapshots", quality_snapshots.create)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -69,10 +70,25 @@ async def authenticate_writer(
     principal = await authenticate_token(request, *Role)
     if principal.role in writers:
         return principal
-    detail = (
-        f"{kind} is server-authoritative: role {principal.role} may not write it"
-        f" (only {' or '.join(writers)})"
+    detail = f"{kind} is server-authoritative: role {principal.role} may not write it" + (
+        f" (only {' or '.join(writers)})" if writers else " (only the server computes it)"
     )
+    await _refuse(request, principal, kind, record_id, detail)
+
+
+async def refuse_write(request: web.Request, kind: str, record_id: str | None) -> NoReturn:
+    """A write no client may make (a computed aggregate): recorded, then 403."""
+    await authenticate_writer(request, kind, record_id)
+    raise AssertionError("unreachable: no role may write " + kind)
+
+
+async def _refuse(
+    request: web.Request,
+    principal: TokenPrincipal,
+    kind: str,
+    record_id: str | None,
+    detail: str,
+) -> NoReturn:
     refused = RefusedWrite(
         tenant_id=principal.tenant_id,
         principal=principal.principal,

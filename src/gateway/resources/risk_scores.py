@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.auth import authenticate_token
 from gateway.http import database, now, read_document, respond
 from gateway.idempotency import Reply, run_write
+from gateway.refusals import refuse_write
 from gateway.registry import Role
 from gateway.risk_scores import Origin, audit_refusal, read_risk, submit_override
 from shared.errors import PhsError, RoleForbidden, ValidationFailed
@@ -29,6 +30,11 @@ async def read(request: web.Request) -> web.Response:
     async with database(request).read() as conn:
         risk = await read_risk(conn, principal.tenant_id, request.match_info["entryId"])
     return respond(request, 200, risk)
+
+
+async def refuse_computed(request: web.Request) -> web.Response:
+    """Any write to a computed score: only the server computes it (refused, recorded)."""
+    await refuse_write(request, "risk_score.computed", request.match_info["entryId"])
 
 
 async def override(request: web.Request) -> web.Response:
