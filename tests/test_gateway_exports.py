@@ -10,16 +10,20 @@ SQLite store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
+import os
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.db.database import Database
@@ -656,3 +660,77 @@ async def test_deident_job_fails_on_a_bad_districts_file(
     assert [r["code"] for r in job["reasons"]] == ["facility_districts_invalid"]
     resp = await gateway.client.get(f"{DEIDENT}/{job['id']}/download", headers=bearer(admin))
     assert (await assert_problem(resp, 409, "export_not_downloadable"))["state"] == "failed"
+
+
+# --- The same on PostgreSQL ---------------------------------------------------
+
+POSTGRES_URL = os.environ.get("PHS_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(
+    not POSTGRES_URL, reason="PHS_TEST_POSTGRES_URL is not set: no PostgreSQL to test against"
+)
+async def test_snapshot_and_exports_on_postgres(
+    gateway_settings: Settings, clock: FakeClock
+) -> None:
+    assert POSTGRES_URL
+    url = sa.make_url(POSTGRES_URL)
+    name = f"phs_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        settings = dataclasses.replace(
+            gateway_settings, database_url=url.set(database=name).render_as_string(False)
+        )
+        async with TestClient(TestServer(create_app(settings, clock))) as client:
+            gateway = Gateway(client, clock)
+            admin = await gateway.token("admin")
+            await hmis_world(gateway)
+            resp = await gateway.client.post(
+                f"{PREFIX}/quality-snapshots",
+                json={"periodType": "weekly", "periodKey": "2026-W47"},
+                headers=bearer(admin),
+            )
+            assert resp.status == 201, await resp.text()
+            snapshot = await resp.json()
+            assert snapshot["coverage"] == {"enrolled": 3, "reporting": 3, "rate": 1.0}
+            resp = await gateway.client.post(
+                f"{PREFIX}/quality-snapshots",
+                json={"periodType": "weekly", "periodKey": "2026-W47"},
+                headers=bearer(admin),
+            )
+            assert resp.status == 200 and await resp.json() == snapshot
+            # Two requests at once for one period: one stores it, the other answers it.
+            both = await asyncio.gather(
+                *(
+                    gateway.client.post(
+                        f"{PREFIX}/quality-snapshots",
+                        json={"periodType": "weekly", "periodKey": "2026-W46"},
+                        headers=bearer(admin),
+                    )
+                    for _ in range(2)
+                )
+            )
+            assert sorted(r.status for r in both) == [200, 201]
+
+            job = await finished(
+                gateway, admin, f"{HMIS}/{(await (await create_hmis(gateway, admin)).json())['id']}"
+            )
+            resp = await gateway.client.get(f"{HMIS}/{job['id']}/document", headers=bearer(admin))
+            assert (
+                await resp.read() == json.dumps(EXPECTED_DOCUMENT, separators=(",", ":")).encode()
+            )
+
+            await put_entries(gateway, "t1", [woman(n) for n in range(5)])
+            await put_entries(gateway, "t1", [old_man(n) for n in range(5)])
+            resp = await gateway.client.post(DEIDENT, json={}, headers=bearer(admin))
+            job = await finished(gateway, admin, f"{DEIDENT}/{(await resp.json())['id']}")
+            assert job["state"] == "released"
+            resp = await gateway.client.get(
+                f"{DEIDENT}/{job['id']}/download", headers=bearer(admin)
+            )
+            assert json.loads(await resp.read())["rows"] == [WOMAN_ROW] * 5 + [OLD_MAN_ROW] * 5
+            assert [(d[2], d[3]) for d in await downloads(gateway)] == [(200, None), (200, None)]
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()

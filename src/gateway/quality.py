@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.schema import changes, facility_reports, nodes, quality_snapshots
@@ -205,13 +206,7 @@ async def create_snapshot(
     )
     stored = await get_snapshot_row(conn, tenant_id, period)
     if stored is not None:
-        if stored.data == content:
-            return Created(snapshot_to_wire(stored._mapping), created=False)
-        raise Immutable(
-            f"the snapshot of {period.key} was made at {stored.created_at} and is immutable; "
-            "the period's merged reports or enrolled facilities have changed since",
-            snapshotId=period.key,
-        )
+        return _stored(stored, content, period)
     stamp = format_timestamp(moment)
     row = {
         "tenant_id": tenant_id,
@@ -221,7 +216,13 @@ async def create_snapshot(
         "created_by": created_by,
         "created_at": stamp,
     }
-    await conn.execute(quality_snapshots.insert().values(**row))
+    try:
+        async with conn.begin_nested():
+            await conn.execute(quality_snapshots.insert().values(**row))
+    except IntegrityError:
+        # PostgreSQL: a concurrent request stored the period's snapshot first
+        # (SQLite has one writer, so there the read above saw it).
+        return _stored(await get_snapshot_row(conn, tenant_id, period), content, period)
     wire = snapshot_to_wire(row)
     await conn.execute(
         changes.insert().values(
@@ -247,6 +248,17 @@ async def create_snapshot(
         },
     )
     return Created(wire, created=True)
+
+
+def _stored(stored: Any, content: Mapping[str, Any], period: Period) -> Created:
+    """The stored snapshot when ``content`` is what it holds, else ``Immutable``."""
+    if stored.data == content:
+        return Created(snapshot_to_wire(stored._mapping), created=False)
+    raise Immutable(
+        f"the snapshot of {period.key} was made at {stored.created_at} and is immutable; "
+        "the period's merged reports or enrolled facilities have changed since",
+        snapshotId=period.key,
+    )
 
 
 def period_filter(
