@@ -2,10 +2,12 @@
 read API, and the policy table enforced locally on tablet writes.
 
 A real gateway and a real edge node on loopback (``edge_harness``), real
-SQLite files. The gateway's registry, cohort and risk endpoints are being
-written beside this work, so changes of the new aggregates are written
-straight into the gateway's ``changes`` table (``feed_change``): the feed
-endpoint, the node's signature and the edge's puller are all the real ones.
+SQLite files. Most tests write change rows straight into the gateway's
+``changes`` table (``feed_change``), to control their shapes exactly
+(aggregates this release does not know, entries the edge cannot keep, a
+facility the edge does not serve); the feed endpoint, the node's signature
+and the puller are the real ones. The last test goes through the gateway's
+own registry and cohort endpoints, from a registry entry to a tablet's read.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from edgenode.status import collect_refused_writes
 from edgenode.store.database import EdgeDatabase, SQLiteStore
 from edgenode.store.migrations import MIGRATIONS
 from gateway.db.schema import changes
-from harness import PREFIX, START, assert_problem, document
+from harness import PREFIX, START, assert_problem, bearer, document
 from shared.cohorts import validate_cohort
 from shared.policy import POLICY_TABLE
 
@@ -326,7 +328,6 @@ async def test_tablets_read_server_data_scoped_paged_with_deletes(system: EdgeSy
     ("query", "status", "code"),
     [
         ("since=-1", 400, "bad_cursor"),
-        ("since=%C2%B2", 400, "bad_cursor"),  # "²" is a digit to str.isdigit()
         ("since=abc", 400, "bad_cursor"),
         ("since=1234567890123456789", 400, "bad_cursor"),
         ("limit=0", 422, "validation_failed"),
@@ -339,6 +340,13 @@ async def test_server_data_bad_queries(
     tablet = await system.pair_tablet("tab-a")
     resp = await system.tablet_request(tablet, "GET", f"{SERVER_DATA}?{query}")
     await assert_problem(resp, status, code)
+
+
+@pytest.mark.parametrize("path", [SERVER_DATA, f"{PREFIX}/outreach-items"])
+async def test_a_non_ascii_digit_is_not_a_cursor(system: EdgeSystem, path: str) -> None:
+    tablet = await system.pair_tablet("tab-a")
+    resp = await system.tablet_request(tablet, "GET", f"{path}?since=%C2%B2")  # "²"
+    await assert_problem(resp, 400, "bad_cursor")
 
 
 async def test_server_data_needs_a_paired_device(system: EdgeSystem) -> None:
@@ -415,7 +423,7 @@ async def test_cohort_draft_invalid_answers_every_error_path(system: EdgeSystem)
     assert (status["refusedWrites"], status["outboxDepth"]) == (1, 0)
 
 
-async def test_cohort_draft_is_forwarded_and_the_gateway_answer_kept(
+async def test_cohort_draft_is_forwarded_and_the_gateway_refusal_kept(
     system: EdgeSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await system.create_items(["oi-1"], "assigned", "f-001")
@@ -450,39 +458,36 @@ async def test_cohort_draft_is_forwarded_and_the_gateway_answer_kept(
         "definition": GOOD_DEFINITION,
         "deviceId": "tab-a",
     }
-    # Whatever the gateway answered is kept: a version it numbered, or its
-    # refusal (unknown_kind or policy_server_authoritative before its
-    # cohort.draft support, not_found for a cohort it does not hold...).
+    # The gateway holds no cohort c-diabetes (only admins create cohorts): it
+    # refuses the draft, and its whole answer is kept; the draft is a problem.
+    # (A draft it numbers: test_registry_to_cohort_to_membership_to_edge_to_tablet.)
     answer = json.loads(kept["gateway_result"])
-    assert answer["id"] == "d-1" and kept["gateway_status"] == answer["status"]
-    assert kept["gateway_code"] == answer.get("code")
-    assert kept["gateway_detail"] == answer.get("detail")
-    transition_status = {"applied": 1}
-    assert forwarded.statuses == (
-        {"applied": 2}
-        if answer["status"] == "applied"
-        else {**transition_status, answer["status"]: 1}
+    assert (answer["id"], answer["status"], answer["code"]) == ("d-1", "rejected", "not_found")
+    assert (kept["gateway_status"], kept["gateway_code"], kept["gateway_version"]) == (
+        "rejected",
+        "not_found",
+        None,
     )
+    assert kept["gateway_detail"] == answer["detail"]
+    assert forwarded.statuses == {"applied": 1, "rejected": 1}
     status = await system.edge_status()
-    assert (status["outboxDepth"], status["unsentCohortDrafts"]) == (0, 0)
-    problems = await system.edge_problems()
-    if answer["status"] == "applied":
-        assert isinstance(answer["version"], int) and kept["gateway_version"] == answer["version"]
-        assert problems == [] and status["problems"] == 0
-    else:
-        assert answer["status"] == "rejected" and answer["code"]
-        [problem] = problems
-        assert (problem["kind"], problem["id"], problem["subject"], problem["code"]) == (
-            "cohort.draft",
-            "d-1",
-            "c-diabetes",
-            answer["code"],
-        )
-        assert status["problems"] == 1
+    assert (status["outboxDepth"], status["unsentCohortDrafts"], status["problems"]) == (0, 0, 1)
+    [problem] = await system.edge_problems()
+    assert (problem["kind"], problem["id"], problem["subject"], problem["code"]) == (
+        "cohort.draft",
+        "d-1",
+        "c-diabetes",
+        "not_found",
+    )
+    assert status["refusedWrites"] == 0  # refused by the gateway, not by this edge
 
     # A resend of the draft is a duplicate, answered with what the gateway said.
     [again] = await push_items(system, tablet, [draft("d-1")])
-    assert (again["status"], again["gatewayStatus"]) == ("duplicate", answer["status"])
+    assert (again["status"], again["gatewayStatus"], again["gatewayCode"]) == (
+        "duplicate",
+        "rejected",
+        "not_found",
+    )
     assert (await system.edge_status())["outboxDepth"] == 0
 
     # edgenode problems lists refused tablet writes with their reasons.
@@ -642,3 +647,103 @@ async def test_sync_items_auth_and_body(system: EdgeSystem) -> None:
     ]
     assert [resp.status for resp, _ in cases] == [status for _, status in cases]
     assert await system.edge_snapshot() == before
+
+
+# -- end to end, through the gateway's own endpoints ---------------------------------------
+
+ENTRIES = f"{PREFIX}/registry/entries"
+COHORTS = f"{PREFIX}/cohorts"
+WOMEN_WITH_DIABETES = {
+    "all": [{"field": "sex", "op": "eq", "value": "female"}, {"condition": "E11"}]
+}
+WOMEN = {"field": "sex", "op": "eq", "value": "female"}
+
+
+def registry_entry(entry_id: str, facility: str, sex: str, *codes: str) -> dict[str, Any]:
+    return {
+        "id": entry_id,
+        "facilityId": facility,
+        "patientRef": f"p-{entry_id}",
+        "sex": sex,
+        "birthDate": "1970-05-01",
+        "conditions": [{"code": c} for c in codes],
+    }
+
+
+async def gateway_call(
+    system: EdgeSystem, method: str, path: str, token: str, doc: Any = None
+) -> Any:
+    resp = await system.gateway.client.request(method, path, json=doc, headers=bearer(token))
+    assert 200 <= resp.status < 300, await resp.text()
+    return await resp.json()
+
+
+def by_key(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The latest record of each (aggregate, id), as a tablet folds them."""
+    return {(r["aggregate"], r["id"]): r for r in records}
+
+
+async def test_registry_to_cohort_to_membership_to_edge_to_tablet(system: EdgeSystem) -> None:
+    service = await system.gateway.token("service")
+    admin = system.admin_token
+    for doc in (
+        registry_entry("e-1", "f-001", "female", "E11"),
+        registry_entry("e-2", "f-002", "male", "E11"),
+        registry_entry("e-3", "f-009", "female", "E11"),  # not served by this edge
+        registry_entry("e-4", "f-001", "female", "I10"),
+    ):
+        await gateway_call(system, "PUT", f"{ENTRIES}/{doc['id']}", service, doc)
+    await gateway_call(
+        system,
+        "POST",
+        COHORTS,
+        admin,
+        {"cohortId": "dm-women", "name": "Women with diabetes", "definition": WOMEN_WITH_DIABETES},
+    )
+    assert (await system.pull()).error is None
+    tablet = await system.pair_tablet("tab-a")
+    records, cursor, _ = await read_all(system, tablet)
+    seen = by_key(records)
+    of = {a: {i for (agg, i) in seen if agg == a} for a in {a for a, _ in seen}}
+    assert of["disease_registry_entry"] == {"e-1", "e-2", "e-4"}  # never e-3 (f-009)
+    assert of["cohort_membership"] == {"dm-women/e-1"}
+    assert of["population_cohort"] == {"dm-women"}
+    assert of.get("risk_score", set()) <= {"e-1", "e-2", "e-4"}
+    assert seen[("population_cohort", "dm-women")]["data"]["version"] == 1
+    assert seen[("disease_registry_entry", "e-1")]["data"]["patientRef"] == "p-e-1"
+    assert all(
+        not isinstance(r["data"], dict) or r["data"].get("facilityId") in (None, "f-001", "f-002")
+        for r in records
+    )
+
+    # A tablet's draft: valid here, forwarded, numbered by the gateway.
+    [accepted] = await push_items(system, tablet, [draft("d-1", WOMEN, cohort="dm-women")])
+    assert accepted["status"] == "accepted"
+    forwarded, pulled = await system.sync()
+    assert forwarded.statuses == {"applied": 1} and pulled.error is None
+    async with system.edge_db.read() as conn:
+        [kept] = await conn.execute_fetchall(
+            "SELECT gateway_status, gateway_code, gateway_version FROM cohort_drafts"
+        )
+    assert tuple(kept) == ("applied", None, 2)
+    [again] = await push_items(system, tablet, [draft("d-1", WOMEN, cohort="dm-women")])
+    assert (again["status"], again["gatewayStatus"], again["version"]) == (
+        "duplicate",
+        "applied",
+        2,
+    )
+    later, cursor, _ = await read_all(system, tablet, cursor)
+    changed = by_key(later)
+    assert changed[("population_cohort", "dm-women")]["data"]["version"] == 2
+    assert changed[("cohort_membership", "dm-women/e-4")]["op"] == "upsert"  # now a member
+
+    # A removal upstream reaches the tablet as deletes.
+    await gateway_call(system, "DELETE", f"{ENTRIES}/e-1", service)
+    await system.pull()
+    later, _, _ = await read_all(system, tablet, cursor)
+    changed = by_key(later)
+    assert changed[("disease_registry_entry", "e-1")]["op"] == "delete"
+    assert changed[("cohort_membership", "dm-women/e-1")]["op"] == "delete"
+    everything = by_key((await read_all(system, tablet))[0])
+    assert everything[("cohort_membership", "dm-women/e-1")]["op"] == "delete"
+    assert everything[("cohort_membership", "dm-women/e-4")]["op"] == "upsert"

@@ -8,6 +8,7 @@ services answer errors in exactly the same shape.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +21,7 @@ from edgenode.settings import EdgeSettings
 from edgenode.store.database import EdgeDatabase, fetch_one
 from gateway.http import CLOCK, decode_document, path_with_query, read_body, respond
 from shared.errors import (
+    BadCursor,
     BatchTooLarge,
     IdempotencyInFlight,
     IdempotencyKeyMismatch,
@@ -38,6 +40,19 @@ OUTBOX_WAKE = web.AppKey("outbox_wake", asyncio.Event)
 
 Reply = tuple[int, object]
 WriteFn = Callable[[aiosqlite.Connection], Awaitable[Reply]]
+
+# A tablet cursor: ASCII digits only (str.isdigit() also takes "²", which
+# int() refuses), short enough for an SQLite integer.
+_CURSOR_RE = re.compile(r"[0-9]{1,18}")
+
+
+def parse_since(raw: str | None) -> int:
+    """A tablet read's ``since``: a cursor this edge returned; empty is the start."""
+    if not raw:
+        return 0
+    if _CURSOR_RE.fullmatch(raw) is None:
+        raise BadCursor("since must be a cursor returned by this endpoint")
+    return int(raw)
 
 
 def edge_db(request: web.Request) -> EdgeDatabase:

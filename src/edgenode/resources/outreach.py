@@ -9,6 +9,7 @@ from edgenode.http import (
     authenticate_device,
     edge_db,
     edge_settings,
+    parse_since,
     read_device_push,
     replay,
 )
@@ -16,7 +17,6 @@ from edgenode.intake import OUTREACH_INTAKE
 from edgenode.outreach import items_since
 from edgenode.records import device_transitions
 from gateway.http import path_with_query, query_int, respond
-from shared.errors import BadCursor
 from shared.idempotency import request_fingerprint, validate_key
 
 
@@ -39,12 +39,10 @@ async def push(request: web.Request) -> web.Response:
 
 async def list_items(request: web.Request) -> web.Response:
     await authenticate_device(request, await request.read())
-    raw = request.query.get("since", "") or "0"
-    if not raw.isdigit() or len(raw) > 18:
-        raise BadCursor("since must be a cursor returned by this endpoint")
+    since = parse_since(request.query.get("since"))
     limit = query_int(request, "limit", 1000, 1, 5000)
     async with edge_db(request).read() as conn:
         items, cursor, more = await items_since(
-            conn, edge_settings(request).facility_ids, int(raw), limit
+            conn, edge_settings(request).facility_ids, since, limit
         )
     return respond(request, 200, {"items": items, "cursor": str(cursor), "more": more})

@@ -3,25 +3,11 @@ tablets (``edgenode.server_data``)."""
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
-from edgenode.http import authenticate_device, edge_db, edge_settings
+from edgenode.http import authenticate_device, edge_db, edge_settings, parse_since
 from edgenode.server_data import records_since
 from gateway.http import query_int, respond
-from shared.errors import BadCursor
-
-# ASCII digits only (str.isdigit() also takes "²", which int() refuses).
-_CURSOR_RE = re.compile(r"[0-9]{1,18}")
-
-
-def parse_since(raw: str | None) -> int:
-    if not raw:
-        return 0
-    if _CURSOR_RE.fullmatch(raw) is None:
-        raise BadCursor("since must be a cursor returned by this endpoint")
-    return int(raw)
 
 
 async def list_records(request: web.Request) -> web.Response:
