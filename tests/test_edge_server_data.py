@@ -498,16 +498,22 @@ async def test_cohort_draft_is_forwarded_and_the_gateway_refusal_kept(
     assert "risk_score.override  ov-1  (device tab-a): policy_server_authoritative: " in out
 
 
-async def test_draft_ids_are_per_device_and_within_one_push(system: EdgeSystem) -> None:
+async def test_a_draft_id_is_taken_once_on_the_edge(system: EdgeSystem) -> None:
     a, b = await system.pair_tablet("tab-a"), await system.pair_tablet("tab-b")
     first = await push_items(system, a, [draft("d-1"), draft("d-1", cohort="c-other")])
     assert [(r["status"], r["cohortId"]) for r in first] == [
         ("accepted", "c-diabetes"),
         ("duplicate", "c-diabetes"),  # the one kept
     ]
+    # The gateway knows a draft by its id: another device's d-1 would be
+    # answered as a duplicate of this one, so the edge refuses it.
     [other] = await push_items(system, b, [draft("d-1")])
-    assert other["status"] == "accepted"
-    assert (await system.edge_status())["unsentCohortDrafts"] == 2
+    assert (other["status"], other["code"]) == ("rejected", "validation_failed")
+    assert "unique id" in other["detail"]
+    [row] = await refused_rows(system)
+    assert (row["device_id"], row["id"], row["code"]) == ("tab-b", "d-1", "validation_failed")
+    status = await system.edge_status()
+    assert (status["unsentCohortDrafts"], status["refusedWrites"]) == (1, 1)
 
 
 async def test_outbox_splits_and_refuses_drafts_like_other_records(tmp_path: Path) -> None:

@@ -36,13 +36,14 @@ from shared.cohorts import parse_cohort
 from shared.encoding import JSON, encode
 from shared.errors import CohortInvalid, ItemCode, ValidationFailed
 from shared.policy import POLICY_TABLE, SERVER_AUTHORITATIVE_KINDS, policy_for
-from shared.values import format_timestamp, identifier, is_identifier, only_fields, required
-from shared.wire import REPORT_KIND, TRANSITION_KIND
+from shared.values import format_timestamp, identifier, is_identifier, only_fields
+from shared.wire import COHORT_DRAFT_KIND, REPORT_KIND, TRANSITION_KIND, parse_cohort_draft
 
-_COHORT = POLICY_TABLE["population_cohort"]
-assert _COHORT.client_submission_kind is not None, "the policy table names the draft kind"
-#: The kind in which tablets propose cohort definitions (from the policy table).
-DRAFT_KIND: str = _COHORT.client_submission_kind
+#: The kind in which tablets propose cohort definitions: the policy table's
+#: client submission for ``population_cohort``, as batches spell it.
+DRAFT_KIND = COHORT_DRAFT_KIND
+assert POLICY_TABLE["population_cohort"].client_submission_kind == DRAFT_KIND
+# The batch item's fields but ``deviceId``: the edge names the signing device.
 DRAFT_FIELDS = frozenset({"kind", "id", "cohortId", "definition"})
 MAX_KIND = 64
 CHUNK = 500
@@ -104,17 +105,16 @@ def parse_item(obj: Any, where: str) -> TabletItem:
             f"{where}/kind: kind must be 1-{MAX_KIND} characters of [A-Za-z0-9._:-]",
             path=f"{where}/kind",
         )
+    if kind == DRAFT_KIND:
+        try:
+            only_fields(obj, DRAFT_FIELDS, "cohort draft")
+        except ValidationFailed as err:
+            raise _at(where, err) from err
+        # The gateway's own reading of the batch item: what is queued passes it.
+        d = parse_cohort_draft(obj, where)
+        return TabletItem(kind, d.id, cohort_id=d.cohort_id, definition=d.definition)
     try:
-        item_id = identifier(obj.get("id"), "id")
-        if kind != DRAFT_KIND:
-            return TabletItem(kind, item_id)
-        only_fields(obj, DRAFT_FIELDS, "cohort draft")
-        return TabletItem(
-            kind,
-            item_id,
-            cohort_id=identifier(required(obj, "cohortId"), "cohortId"),
-            definition=required(obj, "definition"),
-        )
+        return TabletItem(kind, identifier(obj.get("id"), "id"))
     except ValidationFailed as err:
         raise _at(where, err) from err
 
@@ -123,21 +123,25 @@ def parse_items(raw: Sequence[Any]) -> list[TabletItem]:
     return [parse_item(obj, f"/items/{n}") for n, obj in enumerate(raw)]
 
 
-async def _known_drafts(
-    conn: aiosqlite.Connection, device_id: str, ids: Sequence[str]
-) -> dict[str, dict[str, Any]]:
-    """This device's drafts already kept, by id: what a resend is answered."""
-    known: dict[str, dict[str, Any]] = {}
+@dataclass(frozen=True)
+class _Kept:
+    device_id: str
+    state: dict[str, Any]
+
+
+async def _known_drafts(conn: aiosqlite.Connection, ids: Sequence[str]) -> dict[str, _Kept]:
+    """Drafts already kept under these ids, whichever device sent them."""
+    known: dict[str, _Kept] = {}
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
         marks = ",".join("?" * len(chunk))
         for row in await fetch_all(
             conn,
-            "SELECT draft_id, cohort_id, gateway_status, gateway_code, gateway_version "
-            f"FROM cohort_drafts WHERE device_id = ? AND draft_id IN ({marks})",
-            (device_id, *chunk),
+            "SELECT draft_id, device_id, cohort_id, gateway_status, gateway_code, "
+            f"gateway_version FROM cohort_drafts WHERE draft_id IN ({marks}) ORDER BY seq",
+            chunk,
         ):
-            known[row["draft_id"]] = draft_state(row)
+            known.setdefault(row["draft_id"], _Kept(row["device_id"], draft_state(row)))
     return known
 
 
@@ -158,9 +162,7 @@ async def ingest_items(
 ) -> list[dict[str, Any]]:
     """Judge each item, keep valid drafts and every refusal; one result per item."""
     stamp = format_timestamp(now)
-    known = await _known_drafts(
-        conn, device_id, sorted({i.id for i in items if i.kind == DRAFT_KIND})
-    )
+    known = await _known_drafts(conn, sorted({i.id for i in items if i.kind == DRAFT_KIND}))
     results: list[dict[str, Any]] = []
     refused: list[tuple[str, str, str, str, str, str]] = []
     drafts: list[tuple[str, str, str, str, str]] = []
@@ -190,16 +192,26 @@ async def ingest_items(
 
 def _draft(
     item: TabletItem,
-    known: dict[str, dict[str, Any]],
+    known: dict[str, _Kept],
     result: dict[str, Any],
     drafts: list[tuple[str, str, str, str, str]],
     device_id: str,
     stamp: str,
 ) -> Refusal | None:
     """A cohort draft: a resend answered from what was kept, an invalid one
-    refused with every error, a valid one queued (``drafts``)."""
-    if item.id in known:
-        result.update(status="duplicate", **known[item.id])
+    refused with every error, a valid one queued (``drafts``).
+
+    A draft id is taken once on this edge: the gateway knows a draft by its
+    id, and would answer another device's draft under the same id as a
+    duplicate of the first, dropping it."""
+    kept = known.get(item.id)
+    if kept is not None and kept.device_id != device_id:
+        return Refusal(
+            ItemCode.VALIDATION_FAILED,
+            f"draft id {item.id} is taken by another device's draft: use a unique id (a UUID)",
+        )
+    if kept is not None:
+        result.update(status="duplicate", **kept.state)
         return None
     try:
         parse_cohort(item.definition)
@@ -209,6 +221,6 @@ def _draft(
     assert item.cohort_id is not None
     definition = encode(item.definition, JSON).decode("utf-8")  # valid: plain JSON
     drafts.append((item.id, device_id, item.cohort_id, definition, stamp))
-    known[item.id] = {"cohortId": item.cohort_id}
+    known[item.id] = _Kept(device_id, {"cohortId": item.cohort_id})
     result.update(status="accepted", cohortId=item.cohort_id)
     return None
