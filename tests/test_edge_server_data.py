@@ -636,6 +636,21 @@ async def test_sync_items_bad_input_changes_nothing(
     assert await system.edge_snapshot() == before
 
 
+@pytest.mark.parametrize(
+    ("bad", "path"),
+    [
+        ({"kind": "cohort_membership", "id": "a/b"}, "/items/1/id"),
+        ({"kind": 5, "id": "x-1"}, "/items/1/kind"),
+        ({"kind": "cohort.draft", "id": "d-2", "definition": {}}, "/items/1/cohortId"),
+        ("x", "/items/1"),
+    ],
+)
+async def test_sync_items_bad_input_names_its_path(system: EdgeSystem, bad: Any, path: str) -> None:
+    tablet = await system.pair_tablet("tab-a")
+    resp = await system.tablet_request(tablet, "POST", ITEMS, {"items": [draft("d-1"), bad]})
+    assert (await assert_problem(resp, 422, "validation_failed"))["path"] == path
+
+
 async def test_sync_items_auth_and_body(system: EdgeSystem) -> None:
     tablet = await system.pair_tablet("tab-a")
     before = await system.edge_snapshot()

@@ -91,7 +91,10 @@ def judge_kind(kind: str) -> Refusal | None:
 
 
 def _at(where: str, err: ValidationFailed) -> ValidationFailed:
-    return ValidationFailed(f"{where}: {err.detail}", path=where)
+    """``err`` located in the push: ``/items/3/id``, as the gateway's batches say."""
+    field = err.extra.get("field")
+    pointer = f"{where}/{field}" if isinstance(field, str) else where
+    return ValidationFailed(f"{pointer}: {err.detail}", path=pointer)
 
 
 def parse_item(obj: Any, where: str) -> TabletItem:
