@@ -275,12 +275,16 @@ async def test_batch_items_of_server_authoritative_kinds_are_refused_and_recorde
         ("x-0", "rejected", "policy_server_authoritative"),
         ("x-1", "rejected", "policy_server_authoritative"),
         ("x-2", "rejected", "policy_server_authoritative"),
-        ("x-9", "rejected", "unknown_kind"),  # not a server-authoritative write: not kept
+        ("x-9", "rejected", "unknown_kind"),  # kept too: nothing is silently dropped
     ]
     async with gateway.database.read() as conn:
         kept = (await conn.execute(sa.select(refused_writes).order_by(refused_writes.c.seq))).all()
     assert [(r.batch_id, r.item_index, r.kind, r.record_id, r.code) for r in kept] == [
-        ("b-sa", n, kind, f"x-{n}", "policy_server_authoritative") for n, kind in enumerate(kinds)
+        *(
+            ("b-sa", n, kind, f"x-{n}", "policy_server_authoritative")
+            for n, kind in enumerate(kinds)
+        ),
+        ("b-sa", 3, "no_such_kind", "x-9", "unknown_kind"),
     ]
     assert {(r.tenant_id, r.principal) for r in kept} == {("t1", "node:edge-01")}
 

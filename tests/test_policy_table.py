@@ -238,3 +238,30 @@ async def test_the_server_writes_what_only_it_may(gateway: Gateway) -> None:
         await gateway.client.get(f"{PREFIX}/risk-scores/e-1", headers=bearer(tokens["analyst"]))
     )
     assert risk["source"] == "computed" and risk["score"] > 0
+
+
+async def test_refused_batch_items_are_kept_whatever_their_code(gateway: Gateway) -> None:
+    """Nothing is silently dropped (CONTRACT section 3): a refused draft or an
+    unknown kind is recorded with its own code, in the batch's transaction."""
+    await world(gateway)
+    node = await gateway.enroll()
+    items = [
+        {"kind": "cohort.draft", "id": "d-bad", "cohortId": "base", "definition": {"all": []}},
+        {"kind": "cohort.draft", "id": "d-none", "cohortId": "nope", "definition": WOMEN},
+        {"kind": "cohort.draft", "id": "d-ok", "cohortId": "base", "definition": {"not": WOMEN}},
+        {"kind": "no_such_kind", "id": "x-1"},
+    ]
+    results = await batch_results(gateway, node, items)
+    assert [(r["status"], r.get("code")) for r in results] == [
+        ("rejected", "cohort_invalid"),
+        ("rejected", "not_found"),
+        ("applied", None),
+        ("rejected", "unknown_kind"),
+    ]
+    async with gateway.database.read() as conn:
+        kept = (await conn.execute(sa.select(refused_writes).order_by(refused_writes.c.seq))).all()
+    assert [(r.item_index, r.kind, r.record_id, r.code) for r in kept] == [
+        (0, "cohort.draft", "d-bad", "cohort_invalid"),
+        (1, "cohort.draft", "d-none", "not_found"),
+        (3, "no_such_kind", "x-1", "unknown_kind"),
+    ]

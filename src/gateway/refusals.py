@@ -39,6 +39,7 @@ class RefusedWrite:
     path: str | None = None
     batch_id: str | None = None  # a batch item
     item_index: int | None = None
+    code: str = CODE  # or the code of another refusal of a batch item (kept as well)
 
 
 async def record_refused(conn: AsyncConnection, refused: RefusedWrite, moment: datetime) -> None:
@@ -52,7 +53,7 @@ async def record_refused(conn: AsyncConnection, refused: RefusedWrite, moment: d
             item_index=refused.item_index,
             kind=refused.kind,
             record_id=None if refused.record_id is None else refused.record_id[:128],
-            code=CODE,
+            code=refused.code,
             detail=refused.detail[:MAX_DETAIL],
             received_at=format_timestamp(moment),
         )

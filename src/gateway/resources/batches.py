@@ -77,7 +77,10 @@ async def apply_batch(
         if isinstance(item, ReportSubmission):
             results.append(await _report_result(conn, node, item, request))
         elif isinstance(item, CohortDraft):
-            results.append(await apply_draft_item(conn, node.tenant_id, node.node_id, item, moment))
+            result = await apply_draft_item(conn, node.tenant_id, node.node_id, item, moment)
+            if result["status"] == "rejected":  # nothing else keeps a refused draft
+                await _record_rejected(conn, node, batch_id, index, "cohort.draft", result, moment)
+            results.append(result)
         elif isinstance(item, OtherItem):
             if item.kind == RISK_OVERRIDE_KIND:
                 origin = Origin(f"node:{node.node_id}", batch_id, node, index)
@@ -119,7 +122,7 @@ async def _refused_kind(
     item: OtherItem,
     moment: datetime,
 ) -> dict[str, Any]:
-    """An unknown kind, or one nodes may not write: the latter is recorded."""
+    """An unknown kind, or one nodes may not write: either is recorded."""
     policy = policy_for(item.kind)
     if item.kind in SERVER_AUTHORITATIVE_KINDS:
         code, detail = (
@@ -133,15 +136,30 @@ async def _refused_kind(
         )
     else:
         code, detail = ItemCode.UNKNOWN_KIND, f"unknown kind {item.kind}"
-    if code is ItemCode.POLICY_SERVER_AUTHORITATIVE:
-        refused = RefusedWrite(
-            tenant_id=node.tenant_id,
-            principal=f"node:{node.node_id}",
-            kind=item.kind,
-            record_id=item.id,
-            detail=detail,
-            batch_id=batch_id,
-            item_index=index,
-        )
-        await record_refused(conn, refused, moment)
-    return {"id": item.id, "status": "rejected", "code": code.value, "detail": detail}
+    result = {"id": item.id, "status": "rejected", "code": code.value, "detail": detail}
+    await _record_rejected(conn, node, batch_id, index, item.kind, result, moment)
+    return result
+
+
+async def _record_rejected(
+    conn: AsyncConnection,
+    node: Node,
+    batch_id: str,
+    index: int,
+    kind: str,
+    result: dict[str, Any],
+    moment: datetime,
+) -> None:
+    """Keep a refused item no other table records (CONTRACT section 3: nothing is
+    silently dropped), in the batch's transaction."""
+    refused = RefusedWrite(
+        tenant_id=node.tenant_id,
+        principal=f"node:{node.node_id}",
+        kind=kind[:64],
+        record_id=str(result["id"]),
+        detail=str(result.get("detail", "")),
+        batch_id=batch_id,
+        item_index=index,
+        code=str(result["code"]),
+    )
+    await record_refused(conn, refused, moment)
