@@ -34,7 +34,9 @@ from edgenode.http import EDGE_DB, OUTBOX_WAKE
 from edgenode.intake import OUTREACH_INTAKE
 from edgenode.keys import load_key
 from edgenode.settings import load_edge_settings
-from fielddevice.client import PairingRefused, check_pair_answer
+from edgenode.store.database import SQLiteStore
+from fielddevice import device as device_module
+from fielddevice.client import EdgeClient, PairingRefused, check_pair_answer
 from fielddevice.device import FieldDevice
 from fielddevice.finder import (
     EdgeNotFound,
@@ -45,14 +47,23 @@ from fielddevice.finder import (
     plan,
 )
 from fielddevice.gather_api import create_gather_app
+from fielddevice.migrations import MIGRATIONS
 from fielddevice.service import DeviceRuntime
 from fielddevice.settings import FieldSettings
 from fielddevice.simulate import plan_walk, read_codes
 from fielddevice.store import FieldStore, Pairing
-from harness import PREFIX, START, FakeClock, assert_problem, document
+from gateway.db.schema import changes
+from harness import PREFIX, START, FakeClock, assert_problem, bearer, document
+from shared.cohorts import validate_cohort
 from shared.discovery import EdgeAdvert, FieldAdvert
 from shared.encoding import JSON, MSGPACK
-from shared.errors import AlreadyExists, BadSignature, OutOfScope, ValidationFailed
+from shared.errors import (
+    AlreadyExists,
+    BadSignature,
+    CohortInvalid,
+    OutOfScope,
+    ValidationFailed,
+)
 from shared.signing import (
     ANSWER_HEADER,
     NONCE_HEADER,
@@ -293,6 +304,238 @@ async def test_encounters_for_facilities_the_node_does_not_serve_are_refused(
     with pytest.raises(OutOfScope):
         await device.record_encounter(encounter("e-1", facility="f-999"))
     assert await device.store.pending_total() == 0
+
+
+# -- server data and cohort drafts ----------------------------------------------------------
+
+GOOD_DEFINITION = {"all": [{"field": "sex", "op": "eq", "value": "female"}, {"condition": "E11"}]}
+BAD_DEFINITION = {
+    "all": [{"field": "age", "op": "gt", "value": -1}, {"condition": ""}, {"field": "sex"}]
+}
+BAD_PATHS = ["/all/0/value", "/all/1/condition", "/all/2/op"]
+
+
+async def feed_change(
+    system: EdgeSystem,
+    aggregate: str,
+    entity_id: str,
+    data: Any,
+    *,
+    op: str = "upsert",
+    facility: str | None = None,
+) -> None:
+    """A change row as the gateway writes one, straight into its feed."""
+    async with system.gateway.database.write() as conn:
+        await conn.execute(
+            changes.insert().values(
+                tenant_id="t1",
+                facility_id=facility,
+                aggregate=aggregate,
+                entity_id=entity_id,
+                op=op,
+                data=data,
+                committed_at="2026-11-25T10:00:00.000Z",
+            )
+        )
+
+
+def registry_entry(entry_id: str, facility: str = "f-001") -> dict[str, Any]:
+    return {
+        "id": entry_id,
+        "facilityId": facility,
+        "patientRef": f"p-{entry_id}",
+        "sex": "female",
+        "birthDate": "1970-05-01",
+        "conditions": [{"code": "E11"}],
+    }
+
+
+async def gateway_call(
+    system: EdgeSystem, method: str, path: str, token: str, doc: Any = None
+) -> Any:
+    resp = await system.gateway.client.request(method, path, json=doc, headers=bearer(token))
+    assert 200 <= resp.status < 300, await resp.text()
+    return await resp.json()
+
+
+async def test_sync_pulls_server_data_page_by_page_from_its_cursor(
+    system: EdgeSystem,
+    device: FieldDevice,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await paired(device, system, session)
+    entry = registry_entry("e-1")
+    cohort = {"cohortId": "c-1", "name": "Diabetics", "version": 1}
+    membership = {"cohortId": "c-1", "version": 1, "entryId": "e-1", "facilityId": "f-001"}
+    risk = {"entryId": "e-1", "facilityId": "f-001", "score": 7, "source": "computed"}
+    await feed_change(system, "disease_registry_entry", "e-1", entry, facility="f-001")
+    await feed_change(system, "population_cohort", "c-1", cohort)  # tenant-wide
+    await feed_change(system, "cohort_membership", "c-1/e-1", membership, facility="f-001")
+    await feed_change(system, "risk_score", "e-1", risk, facility="f-001")
+    assert (await system.pull()).error is None
+    asked: list[str] = []
+    server_data = EdgeClient.server_data
+
+    async def spy(client: EdgeClient, since: str, limit: int = 1000) -> Any:
+        asked.append(since)
+        return await server_data(client, since, limit)
+
+    monkeypatch.setattr(EdgeClient, "server_data", spy)
+    monkeypatch.setattr(device_module, "SERVER_DATA_PAGE", 3)
+
+    summary = await device.sync(session, flag_plan(system))
+    assert summary["pulledItems"] == 3 and summary["pulledServerRecords"] == 4
+    assert len(asked) == 2 and asked[0] == "0"  # two pages, the second from the cursor
+    held = await device.store.server_records()
+    assert [(r["aggregate"], r["id"], r["facilityId"], r["data"]) for r in held] == [
+        ("cohort_membership", "c-1/e-1", "f-001", membership),
+        ("disease_registry_entry", "e-1", "f-001", entry),
+        ("population_cohort", "c-1", None, cohort),
+        ("risk_score", "e-1", "f-001", risk),
+    ]
+    cursor = await device.store.state("server_data_cursor")
+    assert cursor == str(max(r["seq"] for r in held))
+
+    # An update and two removals (one with no data: it keeps its facility).
+    await feed_change(system, "population_cohort", "c-1", {**cohort, "version": 2})
+    await feed_change(system, "cohort_membership", "c-1/e-1", None, op="delete", facility="f-001")
+    await feed_change(system, "risk_score", "e-1", {"entryId": "e-1"}, op="delete")
+    await system.pull()
+    asked.clear()
+    summary = await device.sync(session, flag_plan(system))
+    assert summary["pulledServerRecords"] == 3
+    assert asked == [cursor]
+    live = await device.store.server_records()
+    assert [(r["id"], r["data"].get("version")) for r in live] == [("e-1", None), ("c-1", 2)]
+    tombstones = [r for r in await device.store.server_records(deleted=True) if r.get("deleted")]
+    assert [(r["aggregate"], r["id"], r["facilityId"], r["data"]) for r in tombstones] == [
+        ("cohort_membership", "c-1/e-1", "f-001", None),
+        ("risk_score", "e-1", "f-001", {"entryId": "e-1"}),
+    ]
+    assert (await device.status())["serverData"] == {
+        "disease_registry_entry": 1,
+        "population_cohort": 1,
+    }
+
+    # Nothing new: one request from the cursor, nothing pulled, nothing changed.
+    cursor = await device.store.state("server_data_cursor")
+    before = await rows(device.store)
+    asked.clear()
+    again = await device.sync(session, flag_plan(system))
+    assert (again["pulledServerRecords"], asked) == (0, [cursor])
+    after = await rows(device.store)
+    assert after["server_records"] == before["server_records"]
+    assert await device.store.state("server_data_cursor") == cursor
+
+
+async def test_a_cohort_draft_is_sent_accepted_forwarded_and_read_back(
+    system: EdgeSystem, device: FieldDevice, session: aiohttp.ClientSession
+) -> None:
+    service = await system.gateway.token("service")
+    await gateway_call(
+        system, "PUT", f"{PREFIX}/registry/entries/e-1", service, registry_entry("e-1")
+    )
+    await gateway_call(
+        system,
+        "POST",
+        f"{PREFIX}/cohorts",
+        system.admin_token,
+        {"cohortId": "dm", "name": "Diabetes", "definition": {"condition": "E11"}},
+    )
+    assert (await system.pull()).error is None
+    await paired(device, system, session)
+
+    draft = await device.draft_cohort("dm", GOOD_DEFINITION, "d-1")
+    assert (draft.draft_id, draft.cohort_id, draft.synced_at) == ("d-1", "dm", None)
+    assert await device.store.pending_draft_count() == 1
+    assert await device.store.pending(500) == ([], False)  # never offered to gather
+    assert (await device.status())["drafts"] == {"recorded": 1, "pending": 1, "results": {}}
+
+    summary = await device.sync(session, flag_plan(system))
+    assert summary["drafts"] == {"sent": 1, "results": {"accepted": 1}, "cleared": 1}
+    [kept] = await device.store.drafts()
+    assert kept.synced_at is not None and kept.result_status == "accepted"
+    assert kept.result == {
+        "id": "d-1",
+        "kind": "cohort.draft",
+        "status": "accepted",
+        "cohortId": "dm",
+    }
+    # The edge queued it for the gateway, as this device's draft.
+    status = await system.edge_status()
+    assert status["unsentCohortDrafts"] == 1 and status["refusedWrites"] == 0
+    async with system.edge_db.read() as conn:
+        [row] = await conn.execute_fetchall(
+            "SELECT draft_id, device_id, cohort_id, definition FROM cohort_drafts"
+        )
+    assert tuple(row[:3]) == ("d-1", "tab-a", "dm")
+    assert json.loads(row[3]) == GOOD_DEFINITION
+
+    # Forwarded and numbered by the gateway; the new version reaches the device.
+    forwarded, pulled = await system.sync()
+    assert forwarded.statuses == {"applied": 1} and pulled.error is None
+    again = await device.sync(session, flag_plan(system))
+    assert again["drafts"] == {"sent": 0, "results": {}, "cleared": 0}
+    [cohort] = await device.store.server_records("population_cohort")
+    assert cohort["id"] == "dm" and cohort["data"]["version"] == 2
+    assert cohort["data"]["definition"] == GOOD_DEFINITION
+    assert [r["id"] for r in await device.store.server_records("cohort_membership")] == ["dm/e-1"]
+
+
+async def test_drafts_the_edge_refuses_are_kept_with_code_and_errors(
+    system: EdgeSystem, device: FieldDevice, session: aiohttp.ClientSession
+) -> None:
+    await paired(device, system, session)
+    other = await system.pair_tablet("tab-b")
+    taken = {"kind": "cohort.draft", "id": "d-taken", "cohortId": "c-1"}
+    resp = await system.tablet_request(
+        other, "POST", f"{PREFIX}/sync/items", {"items": [{**taken, "definition": GOOD_DEFINITION}]}
+    )
+    assert resp.status == 200
+    await device.draft_cohort("c-1", GOOD_DEFINITION, "d-taken")
+    # A draft queued by an older release, which did not validate: the edge's judgement.
+    await device.store.add_draft("d-bad", "c-1", BAD_DEFINITION, device.clock())
+
+    summary = await device.sync(session, flag_plan(system))
+    assert summary["drafts"] == {"sent": 2, "results": {"rejected": 2}, "cleared": 2}
+    by_id = {d.draft_id: d for d in await device.store.drafts()}
+    assert (by_id["d-taken"].result_status, by_id["d-taken"].result_code) == (
+        "rejected",
+        "validation_failed",
+    )
+    bad = by_id["d-bad"]
+    assert (bad.result_status, bad.result_code) == ("rejected", "cohort_invalid")
+    assert bad.result is not None
+    assert bad.result["errors"] == [e.to_wire() for e in validate_cohort(BAD_DEFINITION)]
+    assert await device.store.pending_draft_count() == 0
+    assert (await device.status())["drafts"]["results"] == {"rejected": 2}
+    assert (await system.edge_status())["refusedWrites"] == 2
+
+
+async def test_an_invalid_draft_is_refused_here_with_every_error_path(
+    device: FieldDevice,
+) -> None:
+    with pytest.raises(CohortInvalid) as caught:
+        await device.draft_cohort("c-1", BAD_DEFINITION)
+    assert [e["path"] for e in caught.value.errors] == BAD_PATHS
+    assert all(path in caught.value.detail for path in BAD_PATHS)
+    with pytest.raises(CohortInvalid):
+        await device.draft_cohort("c-1", ["not", "an", "expression"])
+    with pytest.raises(ValidationFailed):
+        await device.draft_cohort("no spaces", GOOD_DEFINITION)
+    with pytest.raises(ValidationFailed):
+        await device.draft_cohort("c-1", GOOD_DEFINITION, "d/1")
+    assert await device.store.drafts() == []
+    # The same draft again is a no-op; other content under its id is refused.
+    first = await device.draft_cohort("c-1", GOOD_DEFINITION, "d-1")
+    assert await device.draft_cohort("c-1", GOOD_DEFINITION, "d-1") == first
+    with pytest.raises(AlreadyExists):
+        await device.draft_cohort("c-2", GOOD_DEFINITION, "d-1")
+    with pytest.raises(AlreadyExists):
+        await device.draft_cohort("c-1", {"condition": "I10"}, "d-1")
+    assert [d.draft_id for d in await device.store.drafts()] == ["d-1"]
+    assert (await device.draft_cohort("c-1", GOOD_DEFINITION)).draft_id.startswith("d-")
 
 
 # -- the gather API ----------------------------------------------------------------------
@@ -725,7 +968,36 @@ async def test_the_store_migrations_survive_a_second_open(tmp_path: Path) -> Non
     await store.close()
     store = await FieldStore(tmp_path / "field.db").open()
     try:
-        assert await store.schema_version() == 1
+        assert await store.schema_version() == 2
+    finally:
+        await store.close()
+
+
+async def test_migration_2_upgrades_a_version_1_store(tmp_path: Path) -> None:
+    path = tmp_path / "field.db"
+    old = await SQLiteStore(path, MIGRATIONS[:1]).open()  # the store as released
+    async with old.write() as conn:
+        await conn.execute(
+            "INSERT INTO records (seq, record_id, kind, body, created_at) "
+            "VALUES (1, 't-1', 'transition', '{}', '2026-11-25T09:00:00.000Z')"
+        )
+        await conn.execute("INSERT INTO sync_state (key, value) VALUES ('items_cursor', '7')")
+    await old.close()
+    for _ in range(2):  # the second open finds it current
+        store = await FieldStore(path).open()
+        try:
+            assert await store.schema_version() == 2
+            assert [r.record_id for r in await store.records()] == ["t-1"]  # kept
+            assert await store.state("items_cursor") == "7"
+            assert await store.state("server_data_cursor") == "0"
+            assert await store.server_records() == [] and await store.drafts() == []
+        finally:
+            await store.close()
+    store = await FieldStore(path).open()
+    try:  # step 2 survives being run again over its own result
+        async with store.write() as conn:
+            for statement in MIGRATIONS[1][2]:
+                await conn.execute(statement)
     finally:
         await store.close()
 
@@ -818,6 +1090,73 @@ async def test_command_line_init_pair_record_sync_status(
     assert code == 0, err
     states = {i["id"]: i["state"] for i in doc["items"]}
     assert states == {"oi-1": "in_progress", "oi-2": "assigned", "oi-3": "assigned"}
+
+
+async def test_command_line_draft_cohort_sync_and_server_data(
+    tmp_path: Path, system: EdgeSystem
+) -> None:
+    cohort = {"cohortId": "c-1", "name": "Diabetics", "version": 1}
+    await feed_change(system, "population_cohort", "c-1", cohort)
+    entry = registry_entry("e-1")
+    await feed_change(system, "disease_registry_entry", "e-1", entry, facility="f-001")
+    await system.pull()
+    data = tmp_path / "tab-data"
+    url = edge_url(system)
+    code, _, err = await phs_field("init", "--device-id", "tab-data", data_dir=data)
+    assert code == 0, err
+    pairing_code = await system.issue_pairing_code("tab-data")
+    code, _, err = await phs_field("pair", "--code", pairing_code, "--edge-url", url, data_dir=data)
+    assert code == 0, err
+    code, doc, err = await phs_field("server-data", data_dir=data)
+    assert code == 0, err
+    assert doc == {"cursor": "0", "counts": {}, "records": []}  # nothing pulled yet
+
+    # Invalid: refused here, every error's path printed, nothing queued.
+    code, doc, err = await phs_field(
+        "draft-cohort", "--cohort", "c-1", "--definition", json.dumps(BAD_DEFINITION),
+        data_dir=data,
+    )  # fmt: skip
+    assert code == 2 and "cohort_invalid" in err
+    assert [e["path"] for e in doc["errors"]] == BAD_PATHS
+    assert all(f"  {path}: " in err for path in BAD_PATHS)
+    code, _, err = await phs_field(
+        "draft-cohort", "--cohort", "c-1", "--definition", str(tmp_path / "none.json"),
+        data_dir=data,
+    )  # fmt: skip
+    assert code == 2 and "neither inline JSON nor a readable file" in err
+    definition = tmp_path / "definition.json"
+    definition.write_text(json.dumps(GOOD_DEFINITION))
+    code, doc, err = await phs_field(
+        "draft-cohort", "--cohort", "c-1", "--definition", str(definition), "--id", "d-cli",
+        data_dir=data,
+    )  # fmt: skip
+    assert code == 0, err
+    assert doc["drafted"]["id"] == "d-cli" and doc["drafted"]["definition"] == GOOD_DEFINITION
+    assert doc["pendingDrafts"] == 1
+
+    code, doc, err = await phs_field("sync", "--edge-url", url, data_dir=data)
+    assert code == 0, err
+    assert doc["drafts"]["results"] == {"accepted": 1}
+    assert doc["pulledServerRecords"] == 2
+    assert (await system.edge_status())["unsentCohortDrafts"] == 1
+
+    code, doc, err = await phs_field("server-data", data_dir=data)
+    assert code == 0, err
+    assert doc["counts"] == {"disease_registry_entry": 1, "population_cohort": 1}
+    assert doc["cursor"] == str(max(r["seq"] for r in doc["records"]))
+    assert [(r["aggregate"], r["id"], r["data"]) for r in doc["records"]] == [
+        ("disease_registry_entry", "e-1", entry),
+        ("population_cohort", "c-1", cohort),
+    ]
+    code, doc, err = await phs_field(
+        "server-data", "--aggregate", "population_cohort", data_dir=data
+    )
+    assert code == 0, err
+    assert doc["counts"] == {"population_cohort": 1}
+    assert [r["id"] for r in doc["records"]] == ["c-1"]
+    code, doc, err = await phs_field("status", data_dir=data)
+    assert code == 0, err
+    assert doc["drafts"] == {"recorded": 1, "pending": 0, "results": {"accepted": 1}}
 
 
 async def test_the_configured_edge_url_is_a_stated_fallback(

@@ -5,10 +5,12 @@
     phs-field record --item ID --from S --to S [--at TIME] [--actor A] [--id ID]
     phs-field encounter --id ID --patient P --facility F --kind K --at TIME
                         [--screening-due] [--immunization-due]
+    phs-field draft-cohort --cohort ID --definition FILE_OR_JSON [--id ID]
     phs-field sync [--edge-url URL]
     phs-field serve [--interface X ...] [--host H] [--port P] [--no-push]
     phs-field status
     phs-field items
+    phs-field server-data [--aggregate NAME]
     phs-field simulate --devices N --transitions M (--codes FILE | --edge-data-dir DIR)
                        [--mode push|gather|mixed] [--edge-url URL] [--node NODE_ID]
                        [--interface X ...] [--timeout S]
@@ -48,7 +50,7 @@ from fielddevice.service import serve
 from fielddevice.settings import CONFIG_NAME, CONFIG_TABLE, FieldSettings, load_field_settings
 from fielddevice.simulate import MODES, SimOptions, Simulation, SimulationFailed
 from fielddevice.store import FieldStore
-from shared.errors import PhsError, ValidationFailed
+from shared.errors import CohortInvalid, PhsError, ValidationFailed
 from shared.signing import fingerprint
 from shared.values import identifier, parse_timestamp
 
@@ -94,7 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--at", required=True)
     enc.add_argument("--screening-due", action="store_true")
     enc.add_argument("--immunization-due", action="store_true")
-    sync = sub.add_parser("sync", parents=[common, lan], help="find the edge, push, pull items")
+    draft = sub.add_parser(
+        "draft-cohort", parents=[common], help="queue a cohort.draft (validated here first)"
+    )
+    draft.add_argument("--cohort", required=True, help="the cohort id")
+    draft.add_argument(
+        "--definition",
+        required=True,
+        help="the definition: inline JSON (starting with { or [), a file, or - for stdin",
+    )
+    draft.add_argument("--id", dest="draft_id", help="draft id (default a new UUID)")
+    sync = sub.add_parser(
+        "sync", parents=[common, lan], help="find the edge, push, pull items and server data"
+    )
     sync.add_argument("--edge-url", help="use this address, not discovery")
     srv = sub.add_parser("serve", parents=[common, lan], help="gather API, advert, pushing")
     srv.add_argument("--host")
@@ -102,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--no-push", action="store_true", help="only wait to be gathered")
     sub.add_parser("status", parents=[common], help="pairing, pending and synced counts")
     sub.add_parser("items", parents=[common], help="the outreach items pulled from the edge")
+    data = sub.add_parser(
+        "server-data", parents=[common], help="the server data pulled from the edge (read-only)"
+    )
+    data.add_argument("--aggregate", help="only this aggregate (e.g. population_cohort)")
     sim = sub.add_parser("simulate", parents=[common, lan], help="many tablets in one process")
     sim.add_argument("--devices", type=int, required=True)
     sim.add_argument("--transitions", type=int, required=True)
@@ -245,6 +263,45 @@ async def encounter(device: FieldDevice, args: argparse.Namespace) -> int:
     return 0
 
 
+def read_definition(value: str) -> Any:
+    """``--definition``: inline JSON, ``-`` (stdin), or a file of JSON."""
+    text = value
+    where = "--definition"
+    if value == "-":
+        text, where = sys.stdin.read(), "stdin"
+    elif not value.lstrip().startswith(("{", "[")):
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ValidationFailed(
+                f"--definition {value!r} is neither inline JSON nor a readable file: {err}"
+            ) from err
+        where = value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValidationFailed(f"the definition in {where} is not JSON: {err}") from err
+
+
+async def draft_cohort(device: FieldDevice, args: argparse.Namespace) -> int:
+    definition = read_definition(args.definition)
+    try:
+        stored = await device.draft_cohort(args.cohort, definition, args.draft_id)
+    except CohortInvalid as err:
+        _print({"refused": "cohort_invalid", "errors": err.errors})
+        print(
+            f"phs-field: cohort_invalid: {len(err.errors)} error(s), nothing queued",
+            file=sys.stderr,
+        )
+        for error in err.errors:
+            print(f"  {error['path'] or '/'}: {error['message']}", file=sys.stderr)
+        return 2
+    _print(
+        {"drafted": stored.describe(), "pendingDrafts": await device.store.pending_draft_count()}
+    )
+    return 0
+
+
 async def sync(device: FieldDevice, args: argparse.Namespace) -> int:
     settings = device.settings
     pairing = await device.store.pairing()
@@ -298,6 +355,21 @@ async def items(device: FieldDevice, _args: argparse.Namespace) -> int:
     return 0
 
 
+async def server_data(device: FieldDevice, args: argparse.Namespace) -> int:
+    store = device.store
+    counts = await store.server_record_counts()
+    if args.aggregate is not None:
+        counts = {args.aggregate: counts.get(args.aggregate, 0)}
+    _print(
+        {
+            "cursor": await store.state("server_data_cursor") or "0",
+            "counts": counts,
+            "records": await store.server_records(args.aggregate),
+        }
+    )
+    return 0
+
+
 async def run_serve(device: FieldDevice, args: argparse.Namespace) -> int:
     return await serve(device, push=not args.no_push)
 
@@ -306,9 +378,11 @@ COMMANDS: dict[str, Callable[[FieldDevice, argparse.Namespace], Awaitable[int]]]
     "pair": pair,
     "record": record,
     "encounter": encounter,
+    "draft-cohort": draft_cohort,
     "sync": sync,
     "status": status,
     "items": items,
+    "server-data": server_data,
     "serve": run_serve,
 }
 

@@ -10,6 +10,8 @@ caller expects, if any) before anything is stored.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +28,12 @@ from shared.errors import ValidationFailed
 from shared.signing import KeyPair, authorization_header, fingerprint, public_key_from
 from shared.values import identifier
 
+log = logging.getLogger("fielddevice.client")
+
 RESULT_STATUSES = frozenset({"applied", "noop", "duplicate", "rejected"})
+#: Statuses of a ``POST …/sync/items`` result (docs/api.md).
+ITEM_STATUSES = frozenset({"accepted", "duplicate", "rejected"})
+SERVER_OPS = frozenset({"upsert", "delete"})
 
 
 class EdgeUnreachable(Exception):
@@ -227,6 +234,106 @@ class EdgeClient:
             raise EdgeRefused(status, None, "the items answer has no items list")
         items = [dict(i) for i in doc["items"] if isinstance(i, Mapping) and "id" in i]
         return items, str(doc.get("cursor", since)), bool(doc.get("more"))
+
+    async def server_data(
+        self, since: str, limit: int = 1000
+    ) -> tuple[list[dict[str, Any]], str, bool]:
+        """One page of ``GET …/server-data``: records, next cursor, more. A
+        record this device cannot read (no aggregate or id, an op other than
+        upsert/delete, no integer seq) is skipped and logged, as the edge
+        skips feed entries it cannot keep."""
+        query = urlencode({"since": since, "limit": limit})
+        status, doc, _ = await self.request("GET", f"/server-data?{query}")
+        if status != 200:
+            raise _refused(status, doc)
+        if not isinstance(doc, Mapping) or not isinstance(doc.get("records"), list):
+            raise EdgeRefused(status, None, "the server-data answer has no records list")
+        records = [r for r in (server_record(obj) for obj in doc["records"]) if r is not None]
+        return records, str(doc.get("cursor", since)), bool(doc.get("more"))
+
+    async def push_items(
+        self, items: Sequence[Mapping[str, Any]], idempotency_key: str
+    ) -> list[dict[str, Any]]:
+        """``POST …/sync/items``: one result per item, each checked."""
+        status, doc, _ = await self.request(
+            "POST", "/sync/items", {"items": list(items)}, {"Idempotency-Key": idempotency_key}
+        )
+        if status != 200:
+            raise _refused(status, doc)
+        results = doc.get("results") if isinstance(doc, Mapping) else None
+        if not isinstance(results, list):
+            raise EdgeRefused(200, None, "the answer has no results list")
+        try:
+            out = [parse_item_result(result) for result in results]
+        except ValidationFailed as err:
+            raise EdgeRefused(200, None, f"a result is malformed: {err.detail}") from err
+        unexpected = {r["id"] for r in out} - {str(i["id"]) for i in items}
+        if unexpected:
+            raise EdgeRefused(200, None, f"results for items not sent: {sorted(unexpected)[:3]}")
+        return out
+
+
+def server_record(obj: Any) -> dict[str, Any] | None:
+    """One ``{aggregate, id, op, data, seq}`` record as given, or None (logged)."""
+    if not isinstance(obj, Mapping):
+        log.warning("server-data record that is not an object skipped")
+        return None
+    aggregate, entity_id, op, seq = (
+        obj.get("aggregate"),
+        obj.get("id"),
+        obj.get("op"),
+        obj.get("seq"),
+    )
+    data = obj.get("data")
+    readable = (
+        isinstance(aggregate, str)
+        and aggregate
+        and isinstance(entity_id, str)
+        and entity_id
+        and op in SERVER_OPS
+        and isinstance(seq, int)
+        and not isinstance(seq, bool)
+    )
+    if readable:
+        try:
+            json.dumps(data, allow_nan=False)
+        except (TypeError, ValueError):
+            readable = False
+    if not readable:
+        log.warning("server-data record skipped: %.200r", obj)
+        return None
+    return {"aggregate": aggregate, "id": entity_id, "op": op, "data": data, "seq": seq}
+
+
+def parse_item_result(obj: Any, where: str = "result") -> dict[str, Any]:
+    """One ``POST …/sync/items`` result: ``{id, kind, status, code?, detail?,
+    errors?, ...}``, kept whole once its id, status and code check."""
+    if not isinstance(obj, Mapping):
+        raise ValidationFailed(f"{where} must be an object")
+    status = obj.get("status")
+    if not isinstance(status, str) or status not in ITEM_STATUSES:
+        raise ValidationFailed(f"{where}: status must be one of {', '.join(sorted(ITEM_STATUSES))}")
+    result = {str(k): v for k, v in obj.items()}
+    result["id"] = identifier(obj.get("id"), f"{where}.id")
+    code = obj.get("code")
+    if code is not None and (not isinstance(code, str) or len(code) > 64):
+        raise ValidationFailed(f"{where}: code must be a short string")
+    errors = obj.get("errors")
+    if errors is not None and not (
+        isinstance(errors, list)
+        and all(
+            isinstance(e, Mapping)
+            and isinstance(e.get("path"), str)
+            and isinstance(e.get("message"), str)
+            for e in errors
+        )
+    ):
+        raise ValidationFailed(f"{where}: errors must be a list of {{path, message}}")
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValidationFailed(f"{where} is not plain JSON") from err
+    return result
 
 
 def results_of(doc: Any, expected: set[str] | None = None) -> list[dict[str, Any]]:

@@ -1,9 +1,11 @@
 """One field device: its key, its store, and what it does with them.
 
 Recording validates a record with the same readers the edge uses
-(``shared.wire``, ``shared.fsm``, ``shared.reports``) and queues it. Syncing
-pushes the queue to the edge in signed, idempotent pushes and marks each
-record synced with the edge's result, then pulls the outreach items.
+(``shared.wire``, ``shared.fsm``, ``shared.reports``, ``shared.cohorts``)
+and queues it. Syncing pushes the queue to the edge in signed, idempotent
+pushes and marks each record synced with the edge's result, sends the queued
+cohort drafts (``POST …/sync/items``) the same way, then pulls the outreach
+items and the server data (``GET …/server-data``), each from its cursor.
 """
 
 from __future__ import annotations
@@ -25,17 +27,19 @@ from edgenode.keys import create_key, load_key
 from fielddevice.client import EdgeClient, EdgeUnreachable, PairAnswer, PairingRefused, pair
 from fielddevice.finder import Plan, reach
 from fielddevice.settings import FieldSettings
-from fielddevice.store import FIELD_OF, FieldStore, Kind, Pairing, Record
-from shared.errors import AlreadyExists, OutOfScope, ValidationFailed
+from fielddevice.store import FIELD_OF, Draft, FieldStore, Kind, Pairing, Record
+from shared.cohorts import validate_cohort
+from shared.errors import AlreadyExists, CohortInvalid, OutOfScope, ValidationFailed
 from shared.fsm import Role, is_allowed
 from shared.reports import parse_encounter
 from shared.signing import KeyPair, fingerprint
 from shared.values import format_timestamp, identifier
-from shared.wire import parse_transition
+from shared.wire import COHORT_DRAFT_KIND, parse_cohort_draft, parse_transition
 
 log = logging.getLogger("fielddevice")
 PUSH_CHUNK = 500
 ITEMS_PAGE = 1000
+SERVER_DATA_PAGE = 1000
 
 Clock = Callable[[], datetime]
 
@@ -52,6 +56,16 @@ class PushSummary:
 
     def describe(self) -> dict[str, Any]:
         return {"sent": dict(self.sent), "results": dict(self.results), "cleared": self.cleared}
+
+
+@dataclass
+class DraftSummary:
+    sent: int = 0
+    results: Counter[str] = field(default_factory=Counter)
+    cleared: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"sent": self.sent, "results": dict(self.results), "cleared": self.cleared}
 
 
 def push_key(body: bytes) -> str:
@@ -148,6 +162,32 @@ class FieldDevice:
         self.changed()
         return record
 
+    async def draft_cohort(
+        self, cohort_id: str, definition: Any, draft_id: str | None = None
+    ) -> Draft:
+        """Queue a ``cohort.draft`` for ``cohort_id``: its envelope read as the
+        edge and the gateway read it, its definition validated with
+        ``shared.cohorts`` (``CohortInvalid`` carrying every error's path)."""
+        item = {
+            "kind": COHORT_DRAFT_KIND,
+            "id": draft_id or f"d-{uuid.uuid4().hex}",
+            "cohortId": cohort_id,
+            "definition": definition,
+        }
+        draft = parse_cohort_draft(item)
+        errors = validate_cohort(definition)
+        if errors:
+            listed = "; ".join(f"{e.path or '/'}: {e.message}" for e in errors)
+            raise CohortInvalid(
+                f"invalid cohort definition ({len(errors)} errors): {listed}"
+                if len(errors) > 1
+                else f"invalid cohort definition: {listed}",
+                errors=[e.to_wire() for e in errors],
+            )
+        stored = await self.store.add_draft(draft.id, draft.cohort_id, definition, self.clock())
+        self.changed()
+        return stored
+
     # -- pairing -----------------------------------------------------------------------
 
     async def pair(
@@ -228,6 +268,27 @@ class FieldDevice:
                 log.warning("the edge answered no result for %d pushed records", len(records))
                 return summary
 
+    async def push_drafts(self, client: EdgeClient) -> DraftSummary:
+        """Send every unsent cohort draft, oldest first, PUSH_CHUNK at a time,
+        and keep each result (accepted, duplicate, or rejected with its code
+        and errors)."""
+        summary = DraftSummary()
+        while True:
+            drafts = await self.store.pending_drafts(PUSH_CHUNK)
+            if not drafts:
+                return summary
+            items = [d.item() for d in drafts]
+            key = push_key(msgpack.packb({"items": items}, use_bin_type=True))
+            results = await client.push_items(items, key)
+            summary.sent += len(items)
+            summary.results.update(r["status"] for r in results)
+            cleared = await self.store.mark_drafts_synced(results, self.clock())
+            summary.cleared += cleared
+            self.changed()
+            if not cleared:
+                log.warning("the edge answered no result for %d cohort drafts", len(items))
+                return summary
+
     async def pull(self, client: EdgeClient) -> int:
         """Pull every outreach item changed since the stored cursor."""
         since = await self.store.state("items_cursor") or "0"
@@ -240,8 +301,21 @@ class FieldDevice:
                 return pulled
             since = cursor
 
+    async def pull_server_data(self, client: EdgeClient) -> int:
+        """Pull every server record changed since the stored cursor, page by
+        page, each page applied with its cursor in one transaction."""
+        since = await self.store.state("server_data_cursor") or "0"
+        pulled = 0
+        while True:
+            records, cursor, more = await client.server_data(since, SERVER_DATA_PAGE)
+            pulled += await self.store.save_server_records(records, cursor, self.clock())
+            if not more or cursor == since:
+                return pulled
+            since = cursor
+
     async def sync(self, session: aiohttp.ClientSession, plan: Plan) -> dict[str, Any]:
-        """Reach the planned edge, push everything pending, pull the items.
+        """Reach the planned edge, push everything pending, send the cohort
+        drafts, pull the items, then the server data.
 
         The summary is stored as the last sync; EdgeUnreachable / EdgeRefused
         propagate after what was done so far is kept (records already answered
@@ -251,13 +325,17 @@ class FieldDevice:
             raise EdgeUnreachable(f"no answer from the edge at {', '.join(plan.candidates)}")
         client = self.client(session, base)
         pushed = await self.push(client)
+        drafts = await self.push_drafts(client)
         pulled = await self.pull(client)
+        pulled_server = await self.pull_server_data(client)
         summary = {
             "at": format_timestamp(self.clock()),
             "edgeUrl": base,
             "source": plan.source,
             "pushed": pushed.describe(),
+            "drafts": drafts.describe(),
             "pulledItems": pulled,
+            "pulledServerRecords": pulled_server,
             "clockOffsetSeconds": round(client.clock_offset),
         }
         await self.store.set_state("last_sync", json.dumps(summary, sort_keys=True))
@@ -276,6 +354,8 @@ class FieldDevice:
             "pending": await self.store.pending_counts(),
             **counts,
             "items": len(await self.store.items()),
+            "drafts": await self.store.draft_counts(),
+            "serverData": await self.store.server_record_counts(),
             "lastSync": None if last_sync is None else json.loads(last_sync),
             "lastGather": None if last_gather is None else json.loads(last_gather),
         }

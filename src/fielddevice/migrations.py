@@ -51,4 +51,40 @@ MIGRATIONS: Migrations = (
             value TEXT NOT NULL)""",
         ),
     ),
+    (
+        2,
+        "server data and cohort drafts",
+        (
+            # The edge's read-only projection of server-authoritative data
+            # (GET …/server-data), one row per (aggregate, id) at its latest. A
+            # delete keeps the row as a tombstone (deleted = 1), with the data
+            # the delete carried; facility_id is data.facilityId (NULL: tenant-wide).
+            """CREATE TABLE IF NOT EXISTS server_records (
+            aggregate TEXT NOT NULL,
+            entity_id TEXT NOT NULL,
+            facility_id TEXT,
+            data TEXT,
+            deleted INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
+            seq INTEGER NOT NULL,
+            pulled_at TEXT NOT NULL,
+            PRIMARY KEY (aggregate, entity_id))""",
+            # The server-data cursor: the edge's last seq held here.
+            "INSERT OR IGNORE INTO sync_state (key, value) VALUES ('server_data_cursor', '0')",
+            # Cohort drafts proposed here (sent with POST …/sync/items), in
+            # drafting order. Never deleted: marked synced with the edge's result
+            # (status and code in columns, the whole answer in result).
+            """CREATE TABLE IF NOT EXISTS cohort_drafts (
+            seq INTEGER PRIMARY KEY,
+            draft_id TEXT NOT NULL UNIQUE,
+            cohort_id TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            synced_at TEXT,
+            result_status TEXT,
+            result_code TEXT,
+            result TEXT)""",
+            "CREATE INDEX IF NOT EXISTS cohort_drafts_pending ON cohort_drafts (seq) "
+            "WHERE synced_at IS NULL",
+        ),
+    ),
 )

@@ -5,7 +5,9 @@ advertises ``_phs-field._tcp`` on a caller-owned ``AsyncZeroconf``,
 re-announcing whenever its count of unsynced records changes; ``simulate``
 runs many of them on one ``AsyncZeroconf``. ``serve`` is ``phs-field
 serve``: one runtime, an ``AsyncZeroconf`` of its own, a push loop, and a
-clean withdrawal on SIGTERM/SIGINT.
+clean withdrawal on SIGTERM/SIGINT. The advert's ``pending`` counts only
+what the edge can gather (transitions and encounters); unsent cohort drafts
+also start a push, as they travel only in the device's own sync.
 """
 
 from __future__ import annotations
@@ -175,7 +177,9 @@ async def serve(device: FieldDevice, push: bool = True) -> int:
         )
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while not stop.is_set():
-                if push and await device.store.pending_total():
+                if push and (
+                    await device.store.pending_total() or await device.store.pending_draft_count()
+                ):
                     await push_when_found(device, session, watch, why)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), settings.push_interval_seconds)

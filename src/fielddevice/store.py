@@ -1,10 +1,14 @@
-"""The field device's own SQLite store: its pairing, its queue of records, the
-items it pulled from the edge.
+"""The field device's own SQLite store: its pairing, its queue of records and
+of cohort drafts, the items and the server data it pulled from the edge.
 
 One writer (``SQLiteStore``: ``BEGIN IMMEDIATE`` under a lock, WAL, a
 separate reader). A record is never deleted: a push answer or a gather
 acknowledgement only marks it synced, keeping the edge's result for the user.
-Record bodies are kept as the exact wire maps the edge receives.
+Record bodies are kept as the exact wire maps the edge receives. Cohort
+drafts (``cohort.draft``, sent with ``POST …/sync/items``) have a queue of
+their own, kept the same way; the gather API never offers them. Server data
+(``GET …/server-data``) is a read-only copy of the edge's projection: one row
+per ``(aggregate, id)`` at its latest, a delete kept as a tombstone.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from edgenode.store.database import SQLiteStore, fetch_all, fetch_one
 from fielddevice.migrations import MIGRATIONS
 from shared.errors import AlreadyExists
 from shared.values import format_timestamp
+from shared.wire import COHORT_DRAFT_KIND
 
 Kind = Literal["transition", "encounter"]
 Via = Literal["push", "gather"]
@@ -68,7 +73,39 @@ class Record:
     result_state: str | None = None
 
 
-def _canonical(body: Mapping[str, Any]) -> str:
+@dataclass(frozen=True)
+class Draft:
+    """A cohort draft made here, and the edge's result once sent."""
+
+    seq: int
+    draft_id: str
+    cohort_id: str
+    definition: Any
+    created_at: str
+    synced_at: str | None = None
+    result_status: str | None = None
+    result_code: str | None = None
+    result: dict[str, Any] | None = None
+
+    def item(self) -> dict[str, Any]:
+        """The ``POST …/sync/items`` item."""
+        return {
+            "kind": COHORT_DRAFT_KIND,
+            "id": self.draft_id,
+            "cohortId": self.cohort_id,
+            "definition": self.definition,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **self.item(),
+            "createdAt": self.created_at,
+            "syncedAt": self.synced_at,
+            "result": self.result,
+        }
+
+
+def _canonical(body: Any) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
@@ -89,6 +126,51 @@ def _record(row: sqlite3.Row) -> Record:
         result_code=row["result_code"],
         result_state=row["result_state"],
     )
+
+
+def _draft(row: sqlite3.Row) -> Draft:
+    return Draft(
+        seq=row["seq"],
+        draft_id=row["draft_id"],
+        cohort_id=row["cohort_id"],
+        definition=json.loads(row["definition"]),
+        created_at=row["created_at"],
+        synced_at=row["synced_at"],
+        result_status=row["result_status"],
+        result_code=row["result_code"],
+        result=None if row["result"] is None else json.loads(row["result"]),
+    )
+
+
+def _server_record(row: sqlite3.Row) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "aggregate": row["aggregate"],
+        "id": row["entity_id"],
+        "facilityId": row["facility_id"],
+        "data": None if row["data"] is None else json.loads(row["data"]),
+        "seq": row["seq"],
+    }
+    if row["deleted"]:
+        record["deleted"] = True
+    return record
+
+
+_UPSERT_SERVER_RECORD = (
+    "INSERT INTO server_records (aggregate, entity_id, facility_id, data, deleted, seq, "
+    "pulled_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (aggregate, entity_id) DO UPDATE SET "
+    # A delete that names no facility keeps the one the record had (as the edge does).
+    "facility_id = CASE WHEN excluded.deleted = 1 "
+    "THEN coalesce(excluded.facility_id, server_records.facility_id) "
+    "ELSE excluded.facility_id END, "
+    "data = excluded.data, deleted = excluded.deleted, seq = excluded.seq, "
+    "pulled_at = excluded.pulled_at"
+)
+
+
+def _facility_of(data: Any) -> str | None:
+    """``data.facilityId`` when it is a non-empty string; else tenant-wide."""
+    facility = data.get("facilityId") if isinstance(data, Mapping) else None
+    return facility if isinstance(facility, str) and facility else None
 
 
 class FieldStore(SQLiteStore):
@@ -259,6 +341,146 @@ class FieldStore(SQLiteStore):
         async with self.read() as conn:
             row = await fetch_one(conn, "SELECT body FROM items WHERE id = ?", (item_id,))
         return None if row is None else dict(json.loads(row[0]))
+
+    # -- cohort drafts -------------------------------------------------------------
+
+    async def add_draft(
+        self, draft_id: str, cohort_id: str, definition: Any, now: datetime
+    ) -> Draft:
+        """Queue a draft; the same draft again is a no-op, another cohort or
+        definition under its id is refused."""
+        async with self.write() as conn:
+            existing = await fetch_one(
+                conn, "SELECT * FROM cohort_drafts WHERE draft_id = ?", (draft_id,)
+            )
+            if existing is not None:
+                found = _draft(existing)
+                if (found.cohort_id, _canonical(found.definition)) != (
+                    cohort_id,
+                    _canonical(definition),
+                ):
+                    raise AlreadyExists(f"a cohort draft {draft_id} with other content is recorded")
+                return found
+            cursor = await conn.execute(
+                "INSERT INTO cohort_drafts (draft_id, cohort_id, definition, created_at) "
+                "VALUES (?,?,?,?)",
+                (draft_id, cohort_id, _canonical(definition), format_timestamp(now)),
+            )
+            seq = cursor.lastrowid
+        assert seq is not None
+        return Draft(seq, draft_id, cohort_id, definition, format_timestamp(now))
+
+    async def pending_drafts(self, limit: int) -> list[Draft]:
+        """Unsent drafts, oldest first, at most ``limit``."""
+        async with self.read() as conn:
+            rows = await fetch_all(
+                conn,
+                "SELECT * FROM cohort_drafts WHERE synced_at IS NULL ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+        return [_draft(r) for r in rows]
+
+    async def pending_draft_count(self) -> int:
+        async with self.read() as conn:
+            row = await fetch_one(
+                conn, "SELECT count(*) FROM cohort_drafts WHERE synced_at IS NULL"
+            )
+        return int(row[0]) if row else 0
+
+    async def mark_drafts_synced(self, results: Sequence[Mapping[str, Any]], now: datetime) -> int:
+        """Mark each answered draft synced with its result (the edge's whole
+        answer for it); returns how many were newly marked."""
+        stamp = format_timestamp(now)
+        cleared = 0
+        async with self.write() as conn:
+            for result in results:
+                cursor = await conn.execute(
+                    "UPDATE cohort_drafts SET synced_at = ?, result_status = ?, "
+                    "result_code = ?, result = ? WHERE draft_id = ? AND synced_at IS NULL",
+                    (
+                        stamp,
+                        result["status"],
+                        result.get("code"),
+                        _canonical(result),
+                        result["id"],
+                    ),
+                )
+                cleared += cursor.rowcount
+        return cleared
+
+    async def drafts(self) -> list[Draft]:
+        async with self.read() as conn:
+            rows = await fetch_all(conn, "SELECT * FROM cohort_drafts ORDER BY seq")
+        return [_draft(r) for r in rows]
+
+    async def draft_counts(self) -> dict[str, Any]:
+        """Drafts made, unsent, and results by status."""
+        async with self.read() as conn:
+            total = await fetch_one(
+                conn,
+                "SELECT count(*), coalesce(sum(synced_at IS NULL), 0) FROM cohort_drafts",
+            )
+            statuses = await fetch_all(
+                conn,
+                "SELECT result_status, count(*) FROM cohort_drafts WHERE synced_at IS NOT NULL "
+                "GROUP BY result_status ORDER BY result_status",
+            )
+        return {
+            "recorded": int(total[0]) if total else 0,
+            "pending": int(total[1]) if total else 0,
+            "results": {row[0]: int(row[1]) for row in statuses},
+        }
+
+    # -- server data pulled from the edge ------------------------------------------
+
+    async def save_server_records(
+        self, records: Iterable[Mapping[str, Any]], cursor: str, now: datetime
+    ) -> int:
+        """Apply one page (``{aggregate, id, op, data, seq}`` each, in the
+        edge's order) and its cursor in one transaction; returns how many."""
+        stamp = format_timestamp(now)
+        rows = [
+            (
+                r["aggregate"],
+                r["id"],
+                _facility_of(r["data"]),
+                None if r["data"] is None else _canonical(r["data"]),
+                int(r["op"] == "delete"),
+                r["seq"],
+                stamp,
+            )
+            for r in records
+        ]
+        async with self.write() as conn:
+            await conn.executemany(_UPSERT_SERVER_RECORD, rows)
+            await _set_state(conn, "server_data_cursor", cursor)
+        return len(rows)
+
+    async def server_records(
+        self, aggregate: str | None = None, deleted: bool = False
+    ) -> list[dict[str, Any]]:
+        """Records held, by aggregate and id; tombstones only with ``deleted``."""
+        where = [] if deleted else ["deleted = 0"]
+        params: list[Any] = []
+        if aggregate is not None:
+            where.append("aggregate = ?")
+            params.append(aggregate)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        async with self.read() as conn:
+            rows = await fetch_all(
+                conn, f"SELECT * FROM server_records {clause}ORDER BY aggregate, entity_id", params
+            )
+        return [_server_record(r) for r in rows]
+
+    async def server_record_counts(self) -> dict[str, int]:
+        """Live records held, by aggregate."""
+        async with self.read() as conn:
+            rows = await fetch_all(
+                conn,
+                "SELECT aggregate, count(*) FROM server_records WHERE deleted = 0 "
+                "GROUP BY aggregate ORDER BY aggregate",
+            )
+        return {row[0]: int(row[1]) for row in rows}
 
     # -- small state -----------------------------------------------------------
 
