@@ -36,7 +36,12 @@ async def refused(
 ) -> dict[str, Any]:
     """Send, check the problem answer, and check that no table changed."""
     before = await gateway.snapshot()
-    doc = await assert_problem(await send(), status, code)
+    resp = await send()
+    doc = await assert_problem(resp, status, code)
+    if status == 401:  # RFC 9110 section 11.6.1: the schemes this server accepts
+        assert resp.headers["WWW-Authenticate"] == (
+            'PHS-Ed25519 realm="phs-sync", Bearer realm="phs-sync"'
+        )
     assert await gateway.snapshot() == before
     return doc
 

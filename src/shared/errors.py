@@ -106,6 +106,11 @@ class Unauthorized(PhsError):
     code = "unauthenticated"
     title = "Authentication required"
 
+    def headers(self) -> dict[str, str]:
+        # RFC 9110 section 11.6.1: a 401 names the schemes it accepts (signed
+        # node and tablet requests, CONTRACT section 2; bearer tokens for people).
+        return {"WWW-Authenticate": 'PHS-Ed25519 realm="phs-sync", Bearer realm="phs-sync"'}
+
 
 class MissingCredentials(Unauthorized):
     code = "unauthenticated"
