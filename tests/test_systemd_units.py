@@ -81,7 +81,16 @@ GATEWAY = Expected(
     "--data-dir /var/lib/phs-gateway",
     families=frozenset({"AF_UNIX", "AF_INET", "AF_INET6"}),
 )
-BOTH = pytest.mark.parametrize("expected", [EDGE, GATEWAY], ids=lambda e: e.file)
+RELAY = Expected(
+    file="phs-gateway-relay.service",
+    # the gateway's user and state directory: it marks events in the gateway's store
+    user="phs-gateway",
+    state_directory="phs-gateway",
+    command="/opt/phs-sync/.venv/bin/phs-gateway relay --config /etc/phs-sync/gateway.toml "
+    "--data-dir /var/lib/phs-gateway",
+    families=frozenset({"AF_UNIX", "AF_INET", "AF_INET6"}),
+)
+EVERY_UNIT = pytest.mark.parametrize("expected", [EDGE, GATEWAY, RELAY], ids=lambda e: e.file)
 
 HARDENING_ON = (
     "NoNewPrivileges",
@@ -103,7 +112,7 @@ def load(expected: Expected) -> Unit:
     return parse_unit((UNITS / expected.file).read_text(encoding="utf-8"))
 
 
-@BOTH
+@EVERY_UNIT
 def test_unit_runs_the_service_as_its_own_user_and_restarts_on_failure(
     expected: Expected,
 ) -> None:
@@ -119,7 +128,7 @@ def test_unit_runs_the_service_as_its_own_user_and_restarts_on_failure(
     assert one(unit, "Install", "WantedBy") == "multi-user.target"
 
 
-@BOTH
+@EVERY_UNIT
 def test_unit_writes_only_to_its_private_state_directory(expected: Expected) -> None:
     unit = load(expected)
     service = unit["Service"]
@@ -132,7 +141,7 @@ def test_unit_writes_only_to_its_private_state_directory(expected: Expected) -> 
     assert expected.command.endswith(f"--data-dir /var/lib/{expected.state_directory}")
 
 
-@BOTH
+@EVERY_UNIT
 def test_unit_is_hardened(expected: Expected) -> None:
     unit = load(expected)
     for key in HARDENING_ON:
@@ -143,7 +152,7 @@ def test_unit_is_hardened(expected: Expected) -> None:
     assert frozenset(families) == expected.families
 
 
-@BOTH
+@EVERY_UNIT
 def test_deployment_guide_creates_the_service_user(expected: Expected) -> None:
     guide = DEPLOYMENT.read_text(encoding="utf-8")
     assert re.search(rf"useradd --system\b[^\n]*\\?\n?[^\n]*\b{expected.user}\b", guide)
@@ -170,7 +179,7 @@ def _runnable_copy(expected: Expected, directory: Path) -> Path:
 
 
 @needs_systemd_analyze
-@BOTH
+@EVERY_UNIT
 def test_systemd_analyze_verify_accepts_the_unit(expected: Expected, tmp_path: Path) -> None:
     assert SYSTEMD_ANALYZE is not None
     copy = _runnable_copy(expected, tmp_path)
@@ -190,7 +199,7 @@ def test_systemd_analyze_verify_accepts_the_unit(expected: Expected, tmp_path: P
 
 
 @needs_systemd_analyze
-@BOTH
+@EVERY_UNIT
 def test_systemd_analyze_security_rates_the_sandbox_ok(expected: Expected, tmp_path: Path) -> None:
     assert SYSTEMD_ANALYZE is not None
     copy = _runnable_copy(expected, tmp_path)

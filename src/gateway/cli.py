@@ -1,6 +1,7 @@
 """``phs-gateway``: serve, and the admin commands that work on the store directly.
 
     phs-gateway serve [--host H] [--port P]
+    phs-gateway relay [--nats nats://127.0.0.1:4222]
     phs-gateway enroll-node --node-id ID --tenant T --facility F [...] --public-key B64
                             [--capability risk_override]
     phs-gateway revoke-node --node-id ID
@@ -17,6 +18,7 @@ import asyncio
 import gc
 import json
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -27,6 +29,7 @@ from gateway.app import create_app
 from gateway.db.database import Database
 from gateway.http import system_clock
 from gateway.registry import create_token, enroll_node, revoke_node
+from gateway.relay import EventRelay, RelayConfig
 from gateway.settings import Settings, load_settings
 from shared.encoding import JSON, encode
 from shared.errors import PhsError
@@ -47,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the HTTP gateway")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    relay = sub.add_parser(
+        "relay", parents=[common], help="publish the event outbox to NATS JetStream"
+    )
+    relay.add_argument("--nats", help="NATS URL(s), comma-separated (relay_nats_url)")
     enroll = sub.add_parser("enroll-node", parents=[common], help="enroll an edge node")
     enroll.add_argument("--node-id", required=True)
     enroll.add_argument("--tenant", required=True)
@@ -148,6 +155,22 @@ async def _freeze_startup_objects(_app: web.Application) -> None:
     gc.freeze()
 
 
+async def _relay(settings: Settings, nats_url: str | None) -> None:
+    """Run the event relay until SIGTERM or SIGINT (docs/events.md)."""
+    config = RelayConfig.from_settings(settings, nats_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    database = Database(settings.sqlalchemy_url())
+    relay = EventRelay(database, config, system_clock)
+    try:
+        await relay.run(stop)
+    finally:
+        await relay.close()
+        await database.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -165,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port=settings.port,
                 print=lambda msg: print(msg, flush=True),
             )
+            return 0
+        if args.command == "relay":
+            asyncio.run(_relay(settings, args.nats))
             return 0
         command = COMMANDS[args.command]
         asyncio.run(_with_store(settings, lambda db: command(args, db)))

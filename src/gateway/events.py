@@ -42,15 +42,17 @@ async def read_events(
         .order_by(events.c.seq)
         .limit(limit)
     )
-    out = [
-        {
-            "seq": r.seq,
-            "id": r.event_id,
-            "type": r.type,
-            "time": r.time,
-            "tenantId": r.tenant_id,
-            "data": r.data,
-        }
-        for r in rows
-    ]
+    out = [event_document(r) for r in rows]
     return out, (out[-1]["seq"] if out else after)
+
+
+def event_document(row: sa.Row[Any]) -> dict[str, Any]:
+    """An ``events`` row as consumers see it, from GET …/events and from NATS."""
+    return {
+        "seq": row.seq,
+        "id": row.event_id,
+        "type": row.type,
+        "time": row.time,
+        "tenantId": row.tenant_id,
+        "data": row.data,
+    }

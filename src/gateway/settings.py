@@ -52,6 +52,33 @@ class Settings:
     purge_interval_seconds: int = setting(3600, "How often expired idempotency keys are purged.")
     changes_max_limit: int = setting(5000, "Most changes one GET …/sync/changes answers.")
     events_max_limit: int = setting(1000, "Most events one GET …/events answers.")
+    relay_nats_url: str = setting(
+        "nats://127.0.0.1:4222",
+        "NATS server the event relay publishes to (comma-separated URLs for a cluster); "
+        "`relay --nats` overrides it.",
+    )
+    relay_stream: str = setting(
+        "PHS_EVENTS", "JetStream stream of the relayed events; created at relay start if missing."
+    )
+    relay_subject_prefix: str = setting(
+        "phs.events",
+        "Events are published on <prefix>.<tenant>.<event type>; the stream captures <prefix>.>.",
+    )
+    relay_duplicate_window_seconds: int = setting(
+        7200, "The stream's de-duplication window: a re-published event id is dropped."
+    )
+    relay_batch_size: int = setting(
+        500, "Most events the relay publishes before it records them as published."
+    )
+    relay_poll_interval_seconds: float = setting(
+        1.0, "How often the relay looks for new events once it has published them all."
+    )
+    relay_publish_timeout_seconds: float = setting(
+        10.0, "How long the relay waits for JetStream to acknowledge a batch before retrying."
+    )
+    relay_max_backoff_seconds: float = setting(
+        30.0, "Longest wait between the relay's retries while NATS or the database is down."
+    )
     hmis_mapping_file: str = setting(
         "",
         "JSON file mapping facilities to DHIS2 orgUnits and metrics to data elements "

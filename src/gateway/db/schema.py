@@ -133,6 +133,15 @@ events = sa.Table(
     sa.Column("time", sa.String(32), nullable=False),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
+    # Set by the event relay once JetStream acknowledged the event (migration 0003);
+    # NULL: not yet published. The partial index holds only the unpublished ones.
+    sa.Column("published_at", sa.String(32)),
+    sa.Index(
+        "ix_events_unpublished",
+        "seq",
+        sqlite_where=sa.text("published_at IS NULL"),
+        postgresql_where=sa.text("published_at IS NULL"),
+    ),
 )
 
 # Change feed towards edge nodes (CONTRACT section 8), in commit order.
