@@ -1,16 +1,24 @@
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.settings import Settings
 from harness import FakeClock, Gateway
 from netns import netns  # noqa: F401 - a private network namespace per test
+from stores import (
+    POSTGRESQL,
+    STORES,
+    create_database,
+    drop_database,
+    empty_database,
+    run_apart,
+    skip_without_postgres,
+)
 
 
 @pytest.fixture
@@ -18,16 +26,54 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def gateway_settings(tmp_path: Any) -> Settings:
-    return Settings(data_dir=str(tmp_path / "gateway"))
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    """The gateway's store: every gateway test runs on each (stores.py).
+
+    A test bound to one store says so with
+    ``@pytest.mark.parametrize("store", ["sqlite"], indirect=True)``.
+    """
+    name: str = request.param
+    if name == POSTGRESQL:
+        skip_without_postgres()
+    return name
+
+
+@pytest.fixture(scope="session")
+def postgres_session_database() -> Iterator[str]:
+    """The URL of this session's PostgreSQL database (stores.py); dropped at the end."""
+    skip_without_postgres()
+    url = run_apart(create_database())
+    yield url
+    run_apart(drop_database(url))
 
 
 @pytest.fixture
-async def gateway(
-    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],  # type: ignore[type-arg]
-    gateway_settings: Settings,
-    clock: FakeClock,
-) -> Gateway:
-    client = await aiohttp_client(create_app(gateway_settings, clock))
-    return Gateway(client, clock)
+def postgres_url(store: str, request: pytest.FixtureRequest) -> str:
+    """The session's PostgreSQL database when ``store`` is PostgreSQL, else empty."""
+    if store != POSTGRESQL:
+        return ""
+    url: str = request.getfixturevalue("postgres_session_database")
+    return url
+
+
+@pytest.fixture
+async def database_url(postgres_url: str) -> str:
+    """``Settings.database_url`` on ``store``: empty for SQLite (DATA_DIR/gateway.db),
+    for PostgreSQL the session's database, emptied for this test."""
+    if postgres_url:
+        await empty_database(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture
+def gateway_settings(tmp_path: Any, database_url: str) -> Settings:
+    return Settings(data_dir=str(tmp_path / "gateway"), database_url=database_url)
+
+
+@pytest.fixture
+async def gateway(gateway_settings: Settings, clock: FakeClock) -> AsyncIterator[Gateway]:
+    # Closed here, not by ``aiohttp_client``, so it is closed before the fixtures
+    # it depends on are torn down.
+    async with TestClient(TestServer(create_app(gateway_settings, clock))) as client:
+        yield Gateway(client, clock)

@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
+import sqlalchemy as sa
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
+from gateway.db.schema import tokens
 from gateway.settings import Settings
 from harness import (
     PREFIX,
@@ -34,7 +32,6 @@ from shared.signing import KeyPair
 from shared.values import format_timestamp
 
 NODES = f"{PREFIX}/admin/nodes"
-AiohttpClient = Callable[[web.Application], Awaitable[TestClient]]  # type: ignore[type-arg]
 
 
 def enrollment(
@@ -192,15 +189,18 @@ async def test_revoke_with_unacceptable_accept_revokes_nothing(gateway: Gateway)
 # --- the command line --------------------------------------------------------------------------
 
 
-async def cli(data_dir: Path, *args: str) -> tuple[int, str, str]:
-    """Run ``phs-gateway`` as its own process; (exit code, stdout, stderr)."""
+async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:
+    """Run ``phs-gateway`` as its own process on the store of ``settings``;
+    (exit code, stdout, stderr)."""
+    store = ["--database-url", settings.database_url] if settings.database_url else []
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gateway.cli",
         *args,
         "--data-dir",
-        str(data_dir),
+        settings.data_dir,
+        *store,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -209,22 +209,23 @@ async def cli(data_dir: Path, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_cli_against_a_live_gateway(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
-    data_dir = tmp_path / "gateway"
-    code, out, _ = await cli(data_dir, "migrate")
-    assert (code, out.strip()) == (0, "schema at head (sqlite)")
+async def test_cli_against_a_live_gateway(
+    gateway_settings: Settings, store: str, clock: FakeClock
+) -> None:
+    code, out, _ = await cli(gateway_settings, "migrate")
+    assert (code, out.strip()) == (0, f"schema at head ({store})")
+    async with TestClient(TestServer(create_app(gateway_settings, clock))) as client:
+        await cli_commands(Gateway(client, clock), gateway_settings, store)
 
-    clock = FakeClock()
-    gateway = Gateway(
-        await aiohttp_client(create_app(Settings(data_dir=str(data_dir)), clock)), clock
-    )
+
+async def cli_commands(gateway: Gateway, settings: Settings, store: str) -> None:
 
     # create-token and enroll-node, side by side (two writers besides the gateway).
     key = KeyPair.generate()
     (code, out, err), (enroll_code, enroll_out, enroll_err) = await asyncio.gather(
-        cli(data_dir, "create-token", "--tenant", "t1", "--role", "admin"),
+        cli(settings, "create-token", "--tenant", "t1", "--role", "admin"),
         cli(
-            data_dir,
+            settings,
             "enroll-node",
             "--node-id=edge-01",
             "--tenant=t1",
@@ -238,11 +239,11 @@ async def test_cli_against_a_live_gateway(aiohttp_client: AiohttpClient, tmp_pat
     token = out.strip()
     assert token.startswith("phs_") and "\n" not in token
     assert "role admin" in err and token not in err
-    with sqlite3.connect(data_dir / "gateway.db") as db:
-        rows = db.execute("SELECT token_hash, tenant_id, role FROM tokens").fetchall()
-        dump = "\n".join(db.iterdump())
+    async with gateway.database.read() as conn:
+        query = sa.select(tokens.c.token_hash, tokens.c.tenant_id, tokens.c.role)
+        rows = [tuple(row) for row in await conn.execute(query)]
     assert rows == [(hashlib.sha256(token.encode()).hexdigest(), "t1", "admin")]
-    assert token not in dump
+    assert token not in repr(await gateway.snapshot())
 
     # enroll-node prints the node, fp included; the live gateway knows it at once.
     assert enroll_code == 0, enroll_err
@@ -258,7 +259,7 @@ async def test_cli_against_a_live_gateway(aiohttp_client: AiohttpClient, tmp_pat
     assert resp.status == 200, await resp.text()
 
     # revoke-node while the gateway runs: the node's next request is refused.
-    code, out, err = await cli(data_dir, "revoke-node", "--node-id", "edge-01")
+    code, out, err = await cli(settings, "revoke-node", "--node-id", "edge-01")
     assert code == 0, err
     assert json.loads(out)["status"] == "revoked"
     resp = await gateway.post_batch(node, [transition("t-2", "item-1", "in_progress", "contacted")])
@@ -268,13 +269,13 @@ async def test_cli_against_a_live_gateway(aiohttp_client: AiohttpClient, tmp_pat
     # nor does migrating a store already at head.
     before = await gateway.snapshot()
     results = await asyncio.gather(
-        cli(data_dir, "enroll-node", "--node-id", "edge-01", "--tenant", "t1",
+        cli(settings, "enroll-node", "--node-id", "edge-01", "--tenant", "t1",
             "--facility", "f-001", "--public-key", key.public_key_b64),
-        cli(data_dir, "revoke-node", "--node-id", "edge-99"),
-        cli(data_dir, "create-token", "--tenant", "t 1", "--role", "admin"),
-        cli(data_dir, "enroll-node", "--node-id", "edge-02", "--tenant", "t1",
+        cli(settings, "revoke-node", "--node-id", "edge-99"),
+        cli(settings, "create-token", "--tenant", "t 1", "--role", "admin"),
+        cli(settings, "enroll-node", "--node-id", "edge-02", "--tenant", "t1",
             "--facility", "f-001", "--public-key", "short"),
-        cli(data_dir, "migrate"),
+        cli(settings, "migrate"),
     )  # fmt: skip
     *refusals, (code, out, _) = results
     assert [(code, err.split(":")[1].strip()) for code, _, err in refusals] == [
@@ -283,5 +284,5 @@ async def test_cli_against_a_live_gateway(aiohttp_client: AiohttpClient, tmp_pat
         (2, "validation_failed"),  # "t 1" is not an identifier
         (2, "validation_failed"),  # not a public key
     ]
-    assert (code, out.strip()) == (0, "schema at head (sqlite)")  # a re-run is a no-op
+    assert (code, out.strip()) == (0, f"schema at head ({store})")  # a re-run is a no-op
     assert await gateway.snapshot() == before

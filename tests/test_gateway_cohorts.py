@@ -6,26 +6,16 @@ the registry, and the change-feed rows of both."""
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import msgpack
 import pytest
 import sqlalchemy as sa
-from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import make_url
 
 from gateway import memberships
-from gateway.app import create_app
 from gateway.db.schema import cohort_memberships, cohort_versions, refused_writes
-from gateway.settings import Settings
 from harness import (
     PREFIX,
-    FakeClock,
     Gateway,
     NodeIdentity,
     assert_problem,
@@ -652,34 +642,11 @@ async def test_answers_in_msgpack(gateway: Gateway) -> None:
     assert (await document(resp))["definition"] == WOMEN
 
 
-# PostgreSQL: the same numbering under real concurrency (row locks).
-
-POSTGRES_URL = os.environ.get("PHS_TEST_POSTGRES_URL")
-
-
-@pytest.fixture
-async def pg_gateway() -> AsyncIterator[Gateway]:
-    if not POSTGRES_URL:
-        pytest.skip("PHS_TEST_POSTGRES_URL is not set: no PostgreSQL to test against")
-    url = make_url(POSTGRES_URL)
-    name = f"phs_test_{uuid.uuid4().hex[:12]}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        settings = Settings(
-            database_url=url.set(database=name).render_as_string(hide_password=False)
-        )
-        clock = FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
-        async with TestClient(TestServer(create_app(settings, clock))) as client:
-            yield Gateway(client, clock)
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+# Drafts from admins and a node, and registry writes, all at once (row locks on
+# PostgreSQL).
 
 
-async def test_concurrent_drafts_and_registry_writes_on_postgres(pg_gateway: Gateway) -> None:
-    gateway = pg_gateway
+async def test_concurrent_drafts_and_registry_writes(gateway: Gateway) -> None:
     admin = await gateway.token("admin")
     service = await gateway.token("service")
     node = await gateway.enroll()

@@ -10,19 +10,13 @@ SQLite store.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
-import os
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
@@ -63,13 +57,14 @@ DISTRICTS = {"f-001": "north", "f-002": "north", "f-003": "south"}
 
 
 @pytest.fixture
-def gateway_settings(tmp_path: Path) -> Settings:
+def gateway_settings(tmp_path: Path, database_url: str) -> Settings:
     mapping = tmp_path / "hmis-mapping.json"
     mapping.write_text(json.dumps(MAPPING))
     districts = tmp_path / "districts.json"
     districts.write_text(json.dumps(DISTRICTS))
     return Settings(
         data_dir=str(tmp_path / "gateway"),
+        database_url=database_url,
         hmis_mapping_file=str(mapping),
         facility_districts_file=str(districts),
     )
@@ -256,15 +251,14 @@ async def test_hmis_mapping_is_read_when_the_job_runs(
 
 
 async def test_hmis_job_fails_without_a_configured_mapping(
-    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],  # type: ignore[type-arg]
-    clock: FakeClock,
-    tmp_path: Path,
+    clock: FakeClock, tmp_path: Path, database_url: str
 ) -> None:
-    client = await aiohttp_client(create_app(Settings(data_dir=str(tmp_path / "gw")), clock))
-    gateway = Gateway(client, clock)
-    admin = await gateway.token("admin")
-    resp = await create_hmis(gateway, admin)
-    job = await finished(gateway, admin, f"{HMIS}/{(await resp.json())['id']}")
+    settings = Settings(data_dir=str(tmp_path / "gw"), database_url=database_url)
+    async with TestClient(TestServer(create_app(settings, clock))) as client:
+        gateway = Gateway(client, clock)
+        admin = await gateway.token("admin")
+        resp = await create_hmis(gateway, admin)
+        job = await finished(gateway, admin, f"{HMIS}/{(await resp.json())['id']}")
     assert (job["state"], job["error"]["code"]) == ("failed", "hmis_mapping_not_configured")
     assert "hmis_mapping_file" in job["error"]["message"]
 
@@ -337,8 +331,10 @@ async def job_row(db: Database, job_id: str) -> Any:
         ).one()
 
 
-async def test_runner_states_graceful_stop_and_crash_recovery(tmp_path: Path) -> None:
-    settings = Settings(data_dir=str(tmp_path))
+async def test_runner_states_graceful_stop_and_crash_recovery(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = Settings(data_dir=str(tmp_path), database_url=database_url)
     db = Database(settings.sqlalchemy_url())
     await db.migrate()
     clock = FakeClock()
@@ -392,10 +388,7 @@ async def test_runner_states_graceful_stop_and_crash_recovery(tmp_path: Path) ->
 
 
 async def test_queued_and_running_jobs_found_at_start(
-    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],  # type: ignore[type-arg]
-    gateway: Gateway,
-    gateway_settings: Settings,
-    clock: FakeClock,
+    gateway: Gateway, gateway_settings: Settings, clock: FakeClock
 ) -> None:
     admin = await gateway.token("admin")
     await hmis_world(gateway)
@@ -403,11 +396,12 @@ async def test_queued_and_running_jobs_found_at_start(
     await insert_job(gateway.database, "hmis_waiting", "queued")  # never started
     await gateway.client.close()  # the gateway stops ...
 
-    client = await aiohttp_client(create_app(gateway_settings, clock))  # ... and starts again
-    restarted = Gateway(client, clock)
-    crashed = await finished(restarted, admin, f"{HMIS}/hmis_crashed")
+    # ... and starts again
+    async with TestClient(TestServer(create_app(gateway_settings, clock))) as client:
+        restarted = Gateway(client, clock)
+        crashed = await finished(restarted, admin, f"{HMIS}/hmis_crashed")
+        waiting = await finished(restarted, admin, f"{HMIS}/hmis_waiting")
     assert (crashed["state"], crashed["error"]["code"]) == ("failed", "interrupted")
-    waiting = await finished(restarted, admin, f"{HMIS}/hmis_waiting")
     assert waiting["state"] == "succeeded" and waiting["skipped"] == EXPECTED_SKIPPED
 
 
@@ -662,75 +656,50 @@ async def test_deident_job_fails_on_a_bad_districts_file(
     assert (await assert_problem(resp, 409, "export_not_downloadable"))["state"] == "failed"
 
 
-# --- The same on PostgreSQL ---------------------------------------------------
-
-POSTGRES_URL = os.environ.get("PHS_TEST_POSTGRES_URL")
+# --- Together, with concurrent snapshot requests (row locks on PostgreSQL) ------
 
 
-@pytest.mark.skipif(
-    not POSTGRES_URL, reason="PHS_TEST_POSTGRES_URL is not set: no PostgreSQL to test against"
-)
-async def test_snapshot_and_exports_on_postgres(
-    gateway_settings: Settings, clock: FakeClock
-) -> None:
-    assert POSTGRES_URL
-    url = sa.make_url(POSTGRES_URL)
-    name = f"phs_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        settings = dataclasses.replace(
-            gateway_settings, database_url=url.set(database=name).render_as_string(False)
+async def test_snapshot_and_exports_with_concurrent_requests(gateway: Gateway) -> None:
+    admin = await gateway.token("admin")
+    await hmis_world(gateway)
+    resp = await gateway.client.post(
+        f"{PREFIX}/quality-snapshots",
+        json={"periodType": "weekly", "periodKey": "2026-W47"},
+        headers=bearer(admin),
+    )
+    assert resp.status == 201, await resp.text()
+    snapshot = await resp.json()
+    assert snapshot["coverage"] == {"enrolled": 3, "reporting": 3, "rate": 1.0}
+    resp = await gateway.client.post(
+        f"{PREFIX}/quality-snapshots",
+        json={"periodType": "weekly", "periodKey": "2026-W47"},
+        headers=bearer(admin),
+    )
+    assert resp.status == 200 and await resp.json() == snapshot
+    # Two requests at once for one period: one stores it, the other answers it.
+    both = await asyncio.gather(
+        *(
+            gateway.client.post(
+                f"{PREFIX}/quality-snapshots",
+                json={"periodType": "weekly", "periodKey": "2026-W46"},
+                headers=bearer(admin),
+            )
+            for _ in range(2)
         )
-        async with TestClient(TestServer(create_app(settings, clock))) as client:
-            gateway = Gateway(client, clock)
-            admin = await gateway.token("admin")
-            await hmis_world(gateway)
-            resp = await gateway.client.post(
-                f"{PREFIX}/quality-snapshots",
-                json={"periodType": "weekly", "periodKey": "2026-W47"},
-                headers=bearer(admin),
-            )
-            assert resp.status == 201, await resp.text()
-            snapshot = await resp.json()
-            assert snapshot["coverage"] == {"enrolled": 3, "reporting": 3, "rate": 1.0}
-            resp = await gateway.client.post(
-                f"{PREFIX}/quality-snapshots",
-                json={"periodType": "weekly", "periodKey": "2026-W47"},
-                headers=bearer(admin),
-            )
-            assert resp.status == 200 and await resp.json() == snapshot
-            # Two requests at once for one period: one stores it, the other answers it.
-            both = await asyncio.gather(
-                *(
-                    gateway.client.post(
-                        f"{PREFIX}/quality-snapshots",
-                        json={"periodType": "weekly", "periodKey": "2026-W46"},
-                        headers=bearer(admin),
-                    )
-                    for _ in range(2)
-                )
-            )
-            assert sorted(r.status for r in both) == [200, 201]
+    )
+    assert sorted(r.status for r in both) == [200, 201]
 
-            job = await finished(
-                gateway, admin, f"{HMIS}/{(await (await create_hmis(gateway, admin)).json())['id']}"
-            )
-            resp = await gateway.client.get(f"{HMIS}/{job['id']}/document", headers=bearer(admin))
-            assert (
-                await resp.read() == json.dumps(EXPECTED_DOCUMENT, separators=(",", ":")).encode()
-            )
+    job = await finished(
+        gateway, admin, f"{HMIS}/{(await (await create_hmis(gateway, admin)).json())['id']}"
+    )
+    resp = await gateway.client.get(f"{HMIS}/{job['id']}/document", headers=bearer(admin))
+    assert await resp.read() == json.dumps(EXPECTED_DOCUMENT, separators=(",", ":")).encode()
 
-            await put_entries(gateway, "t1", [woman(n) for n in range(5)])
-            await put_entries(gateway, "t1", [old_man(n) for n in range(5)])
-            resp = await gateway.client.post(DEIDENT, json={}, headers=bearer(admin))
-            job = await finished(gateway, admin, f"{DEIDENT}/{(await resp.json())['id']}")
-            assert job["state"] == "released"
-            resp = await gateway.client.get(
-                f"{DEIDENT}/{job['id']}/download", headers=bearer(admin)
-            )
-            assert json.loads(await resp.read())["rows"] == [WOMAN_ROW] * 5 + [OLD_MAN_ROW] * 5
-            assert [(d[2], d[3]) for d in await downloads(gateway)] == [(200, None), (200, None)]
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+    await put_entries(gateway, "t1", [woman(n) for n in range(5)])
+    await put_entries(gateway, "t1", [old_man(n) for n in range(5)])
+    resp = await gateway.client.post(DEIDENT, json={}, headers=bearer(admin))
+    job = await finished(gateway, admin, f"{DEIDENT}/{(await resp.json())['id']}")
+    assert job["state"] == "released"
+    resp = await gateway.client.get(f"{DEIDENT}/{job['id']}/download", headers=bearer(admin))
+    assert json.loads(await resp.read())["rows"] == [WOMAN_ROW] * 5 + [OLD_MAN_ROW] * 5
+    assert [(d[2], d[3]) for d in await downloads(gateway)] == [(200, None), (200, None)]

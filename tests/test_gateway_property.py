@@ -33,6 +33,7 @@ from gateway.settings import Settings
 from harness import PREFIX, START, FakeClock, Gateway, bearer, document, transition
 from shared.fsm import ALLOWED, Disposition, ItemState, Role, State, Transition, resolve
 from shared.values import format_timestamp, parse_timestamp
+from stores import empty_database
 
 ITEMS = ["item-a", "item-b", "item-c"]
 GHOST = "item-ghost"  # never created: rule 1
@@ -156,10 +157,13 @@ def scenarios(draw: st.DrawFn) -> tuple[dict[str, State], list[Op], list[bool]]:
 
 
 async def run_scenario(
-    initial: dict[str, State], ops: list[Op], cuts: list[bool], data_dir: str
+    initial: dict[str, State], ops: list[Op], cuts: list[bool], data_dir: str, postgres_url: str
 ) -> None:
     clock = FakeClock()
-    async with TestClient(TestServer(create_app(Settings(data_dir=data_dir), clock))) as client:
+    if postgres_url:
+        await empty_database(postgres_url)
+    settings = Settings(data_dir=data_dir, database_url=postgres_url)
+    async with TestClient(TestServer(create_app(settings, clock))) as client:
         gateway = Gateway(client, clock)
         admin = await gateway.token("admin")
         node = await gateway.enroll()
@@ -220,11 +224,16 @@ async def run_scenario(
             assert item["state"] == (applied[-1]["to"] if applied else initial[item_id].value)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# ``postgres_url`` is the same for every example: each empties its database first.
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(scenarios())
 def test_gateway_agrees_with_resolve(
-    scenario: tuple[dict[str, State], list[Op], list[bool]],
+    postgres_url: str, scenario: tuple[dict[str, State], list[Op], list[bool]]
 ) -> None:
     initial, ops, cuts = scenario
     with tempfile.TemporaryDirectory() as data_dir:  # a fresh store per example
-        asyncio.run(run_scenario(initial, ops, cuts, data_dir))
+        asyncio.run(run_scenario(initial, ops, cuts, data_dir, postgres_url))

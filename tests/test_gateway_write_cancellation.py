@@ -12,8 +12,9 @@ behaviour that closes it: once begun, the write runs to its end and keeps its
 answer, so the resend is a replay — as under ``phs-gateway serve``, which
 never cancels a handler on disconnect.
 
-The test holds the gateway's SQLite file locked from a second connection, so
-the batch request is surely inside its write when the client gives up.
+The test holds the store locked from a second connection (SQLite: the
+file's write lock; PostgreSQL: the outreach_items table), so the batch
+request is surely inside its write when the client gives up.
 """
 
 from __future__ import annotations
@@ -21,11 +22,38 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+from sqlalchemy import make_url
+
 from gateway.settings import Settings
 from harness import PREFIX, Gateway, document, transition
+
+
+@asynccontextmanager
+async def store_held(settings: Settings) -> AsyncIterator[None]:
+    """The gateway's writes wait while this is open."""
+    if not settings.database_url:
+        blocker = sqlite3.connect(Path(settings.data_dir) / "gateway.db", timeout=10)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # the gateway's writer must wait for us
+            yield
+        finally:
+            blocker.rollback()
+            blocker.close()
+        return
+    url = make_url(settings.database_url).set(drivername="postgresql")
+    conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        async with conn.transaction():  # a batch reads the items it changes: it waits
+            await conn.execute("LOCK TABLE outreach_items IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()
 
 
 async def test_a_batch_whose_client_disconnects_mid_write_is_applied_once_and_replayed(
@@ -48,18 +76,13 @@ async def test_a_batch_whose_client_disconnects_mid_write_is_applied_once_and_re
             )
         )
 
-    blocker = sqlite3.connect(Path(gateway_settings.data_dir) / "gateway.db", timeout=10)
-    try:
-        blocker.execute("BEGIN IMMEDIATE")  # the gateway's writer must wait for us
+    async with store_held(gateway_settings):
         first = send()
         await asyncio.sleep(0.3)  # the handler is now waiting inside its write
         assert not first.done()
         first.cancel()  # the edge's link drops: the gateway cancels the handler
         await asyncio.gather(first, return_exceptions=True)
         await asyncio.sleep(0.1)
-    finally:
-        blocker.rollback()
-        blocker.close()
 
     # The retry (same key, same bytes) gets the answer of the one application.
     deadline = time.monotonic() + 10

@@ -11,9 +11,9 @@ import pytest
 
 from harness import PREFIX, Gateway, bearer
 from test_gateway_registry import entry, feed, put
-from test_postgres_smoke import POSTGRES_URL, pg_gateway  # noqa: F401 - the fixture
+from test_postgres_smoke import pg_gateway  # noqa: F401 - the fixture
 
-pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="PHS_TEST_POSTGRES_URL is not set")
+pytestmark = pytest.mark.postgres
 
 
 async def test_concurrent_writes_of_one_entry_on_postgres(pg_gateway: Gateway) -> None:  # noqa: F811

@@ -1,52 +1,33 @@
 """The same gateway on PostgreSQL: migrations, a batch, a report, the feed.
 
-Full PostgreSQL coverage (every gateway test on both stores, concurrency)
-is the production-scale issue's; this proves the store is not SQLite-bound.
+Every gateway test also runs on PostgreSQL (tests/stores.py), on a database
+emptied between tests; this one starts from a database nobody has touched.
 Skips unless PHS_TEST_POSTGRES_URL names a server (``.ci/run`` sets it).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
 import msgpack
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import make_url
 
 from gateway.app import create_app
 from gateway.settings import Settings
 from harness import PREFIX, FakeClock, Gateway, signed_report, transition
+from stores import postgres_database
 
-POSTGRES_URL = os.environ.get("PHS_TEST_POSTGRES_URL")
-pytestmark = pytest.mark.skipif(
-    not POSTGRES_URL,
-    reason="PHS_TEST_POSTGRES_URL is not set: no PostgreSQL to test against "
-    "(.ci/run sets it when a server answers on 127.0.0.1:5432)",
-)
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 async def pg_gateway() -> AsyncIterator[Gateway]:
-    assert POSTGRES_URL
-    url = make_url(POSTGRES_URL)
-    name = f"phs_test_{uuid.uuid4().hex[:12]}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        settings = Settings(
-            database_url=url.set(database=name).render_as_string(hide_password=False)
-        )
+    """A gateway on a database nobody has touched: its own migrations make the schema."""
+    async with postgres_database() as url:
         clock = FakeClock()
-        async with TestClient(TestServer(create_app(settings, clock))) as client:
+        async with TestClient(TestServer(create_app(Settings(database_url=url), clock))) as client:
             yield Gateway(client, clock)
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 async def test_batch_report_and_feed_on_postgres(pg_gateway: Gateway) -> None:
