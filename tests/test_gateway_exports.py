@@ -10,8 +10,10 @@ SQLite store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from harness import (
     submit_report,
     token_principal,
 )
+from shared.values import format_timestamp
 
 HMIS = f"{PREFIX}/hmis-exports"
 DEIDENT = f"{PREFIX}/deident-exports"
@@ -383,6 +386,65 @@ async def test_runner_states_graceful_stop_and_crash_recovery(
                 "message": "the gateway stopped while the job ran; create a new job",
             }
         ]
+    finally:
+        await db.close()
+
+
+async def test_runners_of_several_processes_leave_each_others_jobs_alone(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Two runners on one store (two gateway processes): a job running under a
+    live lease is not failed by the other runner; once the lease runs out (its
+    runner crashed and renews nothing), whichever runner looks fails it."""
+    settings = Settings(data_dir=str(tmp_path), database_url=database_url)
+    db = Database(settings.sqlalchemy_url())
+    await db.migrate()
+    clock = FakeClock()
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def gated(database: Database, job: Any, settings: Settings) -> Finish:
+        entered.set()
+        await release.wait()
+        return Finish("succeeded", {"result": b"{}", "result_sha256": "x"})
+
+    kind = JobKind("hmis_export_job", hmis_export_jobs, gated)
+    try:
+        await insert_job(db, "j1", "queued")
+        first = JobRunner(db, settings, clock, [kind])
+        second = JobRunner(db, settings, clock, [kind])
+        task = asyncio.create_task(first.run_pending())
+        await entered.wait()
+        row = await job_row(db, "j1")
+        assert (row.state, row.runner_id) == ("running", first.runner_id)
+        assert await second.recover() == 0  # a live lease: not the other's to touch
+        assert await second.run_pending() == 0  # and not claimed twice
+        release.set()
+        assert await task == 1
+        assert (await job_row(db, "j1")).state == "succeeded"
+
+        # A runner that died mid-job: its lease runs out, and the other fails the job.
+        await insert_job(db, "j2", "queued")
+        entered.clear()
+        release.clear()
+        crashed = asyncio.create_task(first.run_pending())
+        await entered.wait()
+        crashed.cancel()  # stands in for SIGKILL: ...
+        with contextlib.suppress(asyncio.CancelledError):
+            await crashed
+        async with db.write() as conn:  # ... which would not have requeued the job
+            await conn.execute(
+                hmis_export_jobs.update()
+                .where(hmis_export_jobs.c.id == "j2")
+                .values(
+                    state="running", lease_until=format_timestamp(clock() + timedelta(seconds=60))
+                )
+            )
+        assert await second.recover() == 0
+        clock.advance(61)
+        assert await second.recover() == 1
+        row = await job_row(db, "j2")
+        assert (row.state, row.reasons[0]["code"]) == ("failed", "interrupted")
     finally:
         await db.close()
 

@@ -7,13 +7,16 @@ that creates a job wakes the runner; it also looks for queued jobs every
 ``POLL_SECONDS`` (jobs created by another gateway process on a shared
 PostgreSQL).
 
-Restarts. At start the runner takes every ``queued`` job as usual. A job
-found ``running`` was cut off by a crash (a graceful stop puts its job back
-in the queue, below): it is ``failed`` with reason ``interrupted``, never
-silently re-run, since the crash may have been the job's own doing; the
-admin creates a new one. A graceful stop waits ``STOP_GRACE_SECONDS`` for the
-running job, then puts it back to ``queued``: nothing of it was stored, and
-the next start runs it.
+Several processes. A runner claims a job with a conditional update, so two
+runners never take the same one; the job then carries the runner's id and a
+lease (``LEASE_SECONDS``) that the runner renews while the job runs. A job
+found ``running`` with its lease run out was cut off by a crash of its runner
+(a graceful stop puts its job back in the queue, below): whichever runner
+finds it fails it with reason ``interrupted``, never silently re-run, since
+the crash may have been the job's own doing; the admin creates a new one. A
+live runner's job is never touched by another. A graceful stop waits
+``STOP_GRACE_SECONDS`` for the running job, then puts it back to ``queued``:
+nothing of it was stored, and the next start runs it.
 
 Downloads. ``audited_result`` reads a job and records the attempt in
 ``export_downloads`` in one transaction, whatever its outcome: served (200,
@@ -26,10 +29,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import secrets
+import socket
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +55,7 @@ log = logging.getLogger("gateway.exports")
 
 POLL_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
+LEASE_SECONDS = 60.0  # renewed every third of it while a job runs
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -122,12 +129,16 @@ class JobRunner:
         self._stop_grace_seconds = stop_grace_seconds
         self._wake = asyncio.Event()
         self._stopping = False
+        self.runner_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+    def _lease_until(self) -> str:
+        return format_timestamp(self._clock() + timedelta(seconds=LEASE_SECONDS))
 
     def wake(self) -> None:
         self._wake.set()
 
     async def recover(self) -> int:
-        """Fail the jobs a crash left ``running``; returns how many."""
+        """Fail the running jobs whose runner's lease ran out; returns how many."""
         moment = format_timestamp(self._clock())
         reason = {
             "code": "interrupted",
@@ -136,9 +147,13 @@ class JobRunner:
         failed = 0
         async with self._database.write() as conn:
             for kind in self._kinds:
+                table = kind.table
                 result = await conn.execute(
-                    kind.table.update()
-                    .where(kind.table.c.state == RUNNING)
+                    table.update()
+                    .where(
+                        table.c.state == RUNNING,
+                        sa.or_(table.c.lease_until.is_(None), table.c.lease_until < moment),
+                    )
                     .values(state=FAILED, finished_at=moment, reasons=[reason])
                 )
                 failed += int(result.rowcount or 0)
@@ -158,13 +173,10 @@ class JobRunner:
         return ran
 
     async def serve(self) -> None:
-        recovered = False
         while not self._stopping:
             self._wake.clear()
             try:
-                if not recovered:
-                    await self.recover()  # before any claim: those are this process's
-                    recovered = True
+                await self.recover()  # any runner's job cut off by a crash, each round
                 await self.run_pending()
             except Exception:  # the store is down, say: try again later
                 log.exception("export job runner")
@@ -200,19 +212,44 @@ class JobRunner:
                 taken = await conn.execute(
                     table.update()
                     .where(table.c.id == row.id, table.c.state == QUEUED)
-                    .values(state=RUNNING, started_at=started)
+                    .values(
+                        state=RUNNING,
+                        started_at=started,
+                        runner_id=self.runner_id,
+                        lease_until=self._lease_until(),
+                    )
                 )
                 if taken.rowcount == 1:  # another process may have taken it first
                     return kind, row
         return None
 
     async def _run(self, kind: JobKind, row: Any) -> None:
+        renewer = asyncio.create_task(self._renew(kind, row.id))
+        try:
+            await self._compute(kind, row)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew(self, kind: JobKind, job_id: str) -> None:
+        """Keep the lease of a running job: other runners leave it alone."""
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            try:
+                await self._set(kind, job_id, {"lease_until": self._lease_until()})
+            except Exception:  # the store is down: the next renewal tries again
+                log.warning("renewing the lease of export job %s failed", job_id)
+
+    async def _compute(self, kind: JobKind, row: Any) -> None:
         try:
             finish = await kind.run(self._database, row, self._settings)
         except JobFailed as err:
             finish = Finish(FAILED, {"reasons": [err.reason]})
         except asyncio.CancelledError:
-            await self._set(kind, row.id, {"state": QUEUED, "started_at": None})
+            await self._set(
+                kind, row.id, {"state": QUEUED, "started_at": None, "lease_until": None}
+            )
             raise
         except PhsError as err:
             finish = Finish(FAILED, {"reasons": [{"code": err.code, "message": err.detail}]})
@@ -230,7 +267,11 @@ class JobRunner:
         async with self._database.write() as conn:
             await conn.execute(
                 kind.table.update()
-                .where(kind.table.c.id == job_id, kind.table.c.state == RUNNING)
+                .where(
+                    kind.table.c.id == job_id,
+                    kind.table.c.state == RUNNING,
+                    kind.table.c.runner_id == self.runner_id,  # ours, not failed since
+                )
                 .values(**values)
             )
 

@@ -324,6 +324,8 @@ hmis_export_jobs = sa.Table(
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("started_at", sa.String(32)),
     sa.Column("finished_at", sa.String(32)),
+    sa.Column("runner_id", sa.String(64)),  # the process running it (migration 0004)
+    sa.Column("lease_until", sa.String(32)),  # renewed while it runs; past: cut off
     sa.Column("mapping", sa.JSON),  # the configured mapping the job used
     sa.Column("result", sa.LargeBinary),
     sa.Column("result_media_type", sa.String(100)),
@@ -348,6 +350,8 @@ deident_export_jobs = sa.Table(
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("started_at", sa.String(32)),
     sa.Column("finished_at", sa.String(32)),
+    sa.Column("runner_id", sa.String(64)),  # the process running it (migration 0004)
+    sa.Column("lease_until", sa.String(32)),  # renewed while it runs; past: cut off
     sa.Column("result", sa.LargeBinary),  # only a released job's is served
     sa.Column("result_media_type", sa.String(100)),
     sa.Column("result_sha256", sa.String(64)),
