@@ -328,3 +328,34 @@ async def test_abandoned_in_flight_key_is_taken_over(gateway: Gateway) -> None:
     resp = await send()
     assert resp.status == 200 and (await resp.json())["status"] == "applied"
     assert await history(gateway, admin) == [("s-1", "applied")]
+
+
+async def test_abandoned_key_taken_over_by_requests_at_once(gateway: Gateway) -> None:
+    """Several resends find the key stale at once: one runs the write, the others
+    answer 409 in flight or replay it (on PostgreSQL the losers' insert hit the
+    winner's new claim: a 500)."""
+    admin = await setup(gateway)
+    async with gateway.database.read() as conn:
+        principal = await find_token(conn, admin)
+    assert principal is not None
+    path = f"{PREFIX}/outreach-items/item-1/transitions"
+    body = json.dumps(CANCEL).encode()
+    async with gateway.database.write() as conn:
+        await conn.execute(
+            idempotency_keys.insert().values(
+                principal=principal.principal,
+                key="k-1",
+                fingerprint=request_fingerprint("POST", path, body),
+                state="in_flight",
+                claimed_at=format_timestamp(gateway.clock()),
+                expires_at=format_timestamp(gateway.clock()),
+            )
+        )
+    gateway.clock.advance(121)
+    headers = bearer(admin, **{"Idempotency-Key": "k-1", "Content-Type": "application/json"})
+    answers = await asyncio.gather(
+        *(gateway.client.post(path, data=body, headers=headers) for _ in range(6))
+    )
+    ran = [r for r in answers if r.status == 200 and "Idempotent-Replayed" not in r.headers]
+    assert len(ran) == 1 and {r.status for r in answers} <= {200, 409}
+    assert await history(gateway, admin) == [("s-1", "applied")]

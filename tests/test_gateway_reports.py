@@ -7,6 +7,7 @@ the analytics read of ``GET …/analytics/facility-reports``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -120,6 +121,19 @@ async def test_merged_then_duplicate(gateway: Gateway, as_json: bool) -> None:
         (merged["reportId"], "merged"),
         (merged["reportId"], "duplicate"),  # the resend is on record too
     ]
+
+
+async def test_identical_reports_at_once_are_merged_once(gateway: Gateway) -> None:
+    # On PostgreSQL the later inserts wait for the first one's commit on the
+    # dedup key: they were 500s (unique violation); now they find it a duplicate.
+    node = await gateway.enroll()
+    report = signed_report(node)
+    answers = await asyncio.gather(*(post_report(gateway, report) for _ in range(4)))
+    assert sorted(resp.status for resp in answers) == [200, 200, 200, 201]
+    [report_id] = {(await document(resp))["reportId"] for resp in answers}
+    [event] = await events(gateway)
+    assert event["data"]["reportId"] == report_id
+    assert sorted(d for _, d, _ in await submissions(gateway)) == ["duplicate"] * 3 + ["merged"]
 
 
 async def test_same_metrics_printed_differently_is_a_duplicate(gateway: Gateway) -> None:

@@ -1,6 +1,6 @@
 """``phs-gateway``: serve, and the admin commands that work on the store directly.
 
-    phs-gateway serve [--host H] [--port P]
+    phs-gateway serve [--host H] [--port P] [--workers N]
     phs-gateway relay [--nats nats://127.0.0.1:4222]
     phs-gateway enroll-node --node-id ID --tenant T --facility F [...] --public-key B64
                             [--capability risk_override]
@@ -31,6 +31,7 @@ from gateway.http import system_clock
 from gateway.registry import create_token, enroll_node, revoke_node
 from gateway.relay import EventRelay, RelayConfig
 from gateway.settings import Settings, load_settings
+from gateway.workers import check_workers, serve_workers, stop_once_on_signal
 from shared.encoding import JSON, encode
 from shared.errors import PhsError
 from shared.signing import public_key_from
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the HTTP gateway")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="processes serving the port (PostgreSQL)")
     relay = sub.add_parser(
         "relay", parents=[common], help="publish the event outbox to NATS JetStream"
     )
@@ -78,6 +80,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             "database_url": args.database_url,
             "host": getattr(args, "host", None),
             "port": getattr(args, "port", None),
+            "workers": getattr(args, "workers", None),
         },
     )
 
@@ -171,24 +174,45 @@ async def _relay(settings: Settings, nats_url: str | None) -> None:
         await database.close()
 
 
+def _configure_logging(settings: Settings, worker: str = "") -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s {worker}%(name)s %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # no schema chatter per command
+
+
+def _serve(settings: Settings, worker: str = "") -> None:
+    """Run the HTTP gateway in this process until SIGTERM or SIGINT. A worker of
+    ``serve --workers`` (``worker`` names it in its output, e.g. "worker 2 (pid 4242): ")
+    shares the port with the others (``SO_REUSEPORT``)."""
+    _configure_logging(settings, worker)  # a worker is a fresh interpreter
+    app = create_app(settings)
+    app.on_startup.append(_freeze_startup_objects)  # after the store is open
+    if worker:
+        app.on_startup.append(stop_once_on_signal)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        reuse_port=bool(worker) or None,
+        print=lambda msg: print("\n".join(worker + line for line in msg.splitlines()), flush=True),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # no schema chatter per command
+        _configure_logging(settings)
         if args.command == "serve":
-            app = create_app(settings)
-            app.on_startup.append(_freeze_startup_objects)  # after the store is open
-            web.run_app(
-                app,
-                host=settings.host,
-                port=settings.port,
-                print=lambda msg: print(msg, flush=True),
-            )
-            return 0
+            check_workers(settings)
+            if settings.workers == 1:
+                _serve(settings)
+                return 0
+            # Several processes (gateway.workers), on a store migrated once, first.
+            asyncio.run(_with_store(settings, lambda db: _migrate(args, db)))
+            return serve_workers(_serve, settings)
         if args.command == "relay":
             asyncio.run(_relay(settings, args.nats))
             return 0

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.db.database import Database
 from gateway.db.schema import events
 from shared.values import format_timestamp
 
@@ -36,6 +37,8 @@ async def append_event(
 async def read_events(
     conn: AsyncConnection, tenant_id: str, after: int, limit: int
 ) -> tuple[list[dict[str, Any]], int]:
+    """Events after the cursor ``after``, in seq order, and the next cursor."""
+    await Database.wait_for_writers(conn)  # no seq skipped behind a slower commit
     rows = await conn.execute(
         sa.select(events)
         .where(events.c.tenant_id == tenant_id, events.c.seq > after)

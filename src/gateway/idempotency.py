@@ -165,7 +165,13 @@ async def _claim(request: web.Request, db: Database, claim: _Claim) -> web.Respo
                 document = msgpack.unpackb(row.reply, raw=False)
                 return respond(request, row.status_code, document, {"Idempotent-Replayed": "true"})
             await conn.execute(idempotency_keys.delete().where(where))
-        await conn.execute(idempotency_keys.insert().values(**claimed))
+        # Taking over an expired or abandoned key (or one just released), a
+        # concurrent request on PostgreSQL may take it first: then it is in flight.
+        insert = fresh if fresh is not None else idempotency_keys.insert()
+        if (await conn.execute(insert, claimed)).rowcount != 1:
+            raise IdempotencyInFlight(
+                "the first request with this key is still running", retry_after=1
+            )
     return None
 
 

@@ -45,6 +45,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import risk_scores
+from gateway.db.database import DAY_CHANGE_LOCK_KEY, one_at_a_time
 from gateway.db.schema import (
     changes,
     cohort_memberships,
@@ -450,6 +451,9 @@ async def daily_recompute(app: web.Application) -> AsyncIterator[None]:
             if evaluation_date(moment) != done:
                 try:
                     async with app[DATABASE].write() as conn:
+                        # Every worker of `serve --workers` does this: one at a
+                        # time, the later ones finding nothing left to change.
+                        await one_at_a_time(conn, DAY_CHANGE_LOCK_KEY)
                         delta = await recompute_dated(conn, moment)
                         scores = await risk_scores.recompute_all(conn, moment)
                 except (SQLAlchemyError, OSError):

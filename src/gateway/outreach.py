@@ -207,7 +207,16 @@ async def get_item(conn: AsyncConnection, item_id: str, tenant_id: str) -> dict[
     return {**item_to_wire(dict(row._mapping)), "history": history}
 
 
-_SELECT_ITEMS = sa.select(outreach_items).where(in_list(outreach_items.c.id))
+# FOR UPDATE (PostgreSQL; SQLite has one writer): a transition is resolved
+# against the item's state as committed, and no concurrent batch changes the
+# item before this one commits. Rows are locked in id order (ORDER BY below
+# the lock), so two batches touching the same items never deadlock.
+_SELECT_ITEMS = (
+    sa.select(outreach_items)
+    .where(in_list(outreach_items.c.id))
+    .order_by(outreach_items.c.id)
+    .with_for_update()
+)
 _SELECT_SEEN = (
     sa.select(
         outreach_transitions.c.item_id,
@@ -221,6 +230,12 @@ _SELECT_SEEN = (
     )
     .order_by(outreach_transitions.c.seq)
 )
+
+
+async def lock_items(conn: AsyncConnection, ids: Iterable[str]) -> None:
+    """Lock the items ``ids`` for this transaction, in id order (PostgreSQL)."""
+    if conn.dialect.name != "sqlite":
+        await select_in(conn, _SELECT_ITEMS, sorted(set(ids)))
 
 
 async def _load_items(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, _Item]:

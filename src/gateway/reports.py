@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.schema import facility_reports, report_submissions
@@ -57,36 +58,44 @@ async def verified_report(
     return report
 
 
+_DEDUP_KEY = ["facility_id", "period_key", "device_id"]  # uq_report_dedup
+# INSERT … ON CONFLICT (facility_id, period_key, device_id) DO NOTHING.
+_INSERT_IF_NEW: dict[str, sa.Insert] = {
+    "sqlite": sqlite.insert(facility_reports).on_conflict_do_nothing(index_elements=_DEDUP_KEY),
+    "postgresql": postgresql.insert(facility_reports).on_conflict_do_nothing(
+        index_elements=_DEDUP_KEY
+    ),
+}
+
+
 async def store_report(
     conn: AsyncConnection, submission: ReportSubmission, report: FacilityReport, now: datetime
 ) -> ReportOutcome:
+    """Merge the report, or find it a duplicate or a conflict of the stored one.
+
+    The insert skips a report already stored under its dedup key: of two
+    identical reports submitted at once on PostgreSQL, the second waits for
+    the first to commit and then finds it (instead of failing on the unique
+    key with a 500), so exactly one is merged and announced.
+    """
     stamp = format_timestamp(now)
-    existing = (
-        await conn.execute(
-            sa.select(facility_reports.c.report_id, facility_reports.c.metrics).where(
-                facility_reports.c.facility_id == report.facility_id,
-                facility_reports.c.period_key == report.period.key,
-                facility_reports.c.device_id == report.device_id,
-            )
+    outcome = ReportOutcome("merged", f"rpt_{uuid.uuid4().hex}")
+    inserted = await conn.execute(
+        _INSERT_IF_NEW[conn.dialect.name].values(
+            report_id=outcome.report_id,
+            tenant_id=report.tenant_id,
+            facility_id=report.facility_id,
+            period_type=report.period.type.value,
+            period_key=report.period.key,
+            device_id=report.device_id,
+            payload=submission.payload,
+            signature=submission.signature,
+            metrics=report.metrics,
+            generated_at=format_timestamp(report.generated_at),
+            received_at=stamp,
         )
-    ).first()
-    if existing is None:
-        outcome = ReportOutcome("merged", f"rpt_{uuid.uuid4().hex}")
-        await conn.execute(
-            facility_reports.insert().values(
-                report_id=outcome.report_id,
-                tenant_id=report.tenant_id,
-                facility_id=report.facility_id,
-                period_type=report.period.type.value,
-                period_key=report.period.key,
-                device_id=report.device_id,
-                payload=submission.payload,
-                signature=submission.signature,
-                metrics=report.metrics,
-                generated_at=format_timestamp(report.generated_at),
-                received_at=stamp,
-            )
-        )
+    )
+    if inserted.rowcount == 1:
         await append_event(
             conn,
             SYNCED_EVENT,
@@ -100,10 +109,18 @@ async def store_report(
                 "deviceId": report.device_id,
             },
         )
-    elif same_metrics(existing.metrics, report.metrics):
-        outcome = ReportOutcome("duplicate", existing.report_id)
     else:
-        outcome = ReportOutcome("conflict", existing.report_id)
+        existing = (
+            await conn.execute(
+                sa.select(facility_reports.c.report_id, facility_reports.c.metrics).where(
+                    facility_reports.c.facility_id == report.facility_id,
+                    facility_reports.c.period_key == report.period.key,
+                    facility_reports.c.device_id == report.device_id,
+                )
+            )
+        ).one()
+        same = same_metrics(existing.metrics, report.metrics)
+        outcome = ReportOutcome("duplicate" if same else "conflict", existing.report_id)
     # Every submission that passed the signature check is kept, refused copies too.
     await conn.execute(
         report_submissions.insert().values(

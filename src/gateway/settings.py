@@ -30,6 +30,11 @@ ENV_PREFIX = "PHS_GATEWAY_"
 class Settings:
     host: str = setting("127.0.0.1", "Address to listen on.")
     port: int = setting(8480, "TCP port to listen on.")
+    workers: int = setting(
+        1,
+        "Gateway processes serving the port (`serve --workers`); more than 1 needs "
+        "PostgreSQL (docs/deployment.md).",
+    )
     data_dir: str = setting("./gateway-data", "Directory for the SQLite database.")
     database_url: str = setting(
         "",

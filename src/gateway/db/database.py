@@ -6,6 +6,18 @@ fails half-way on "database is locked"; reads use their own connections and
 WAL lets them run beside the writer. ``synchronous=FULL`` because an answered
 request must survive a power cut (NORMAL in WAL mode may lose the last
 commits). On PostgreSQL every connection may write and row locks serialise.
+
+Sequence order is commit order on SQLite (one writer), not on PostgreSQL: a
+transaction takes its ``changes`` or ``events`` seq when it inserts the row
+and may commit after another that took a higher one; a reader paging by seq
+would move its cursor past the first row before it commits, and skip it for
+good. So every PostgreSQL write transaction holds an advisory lock in shared
+mode (writers never wait for each other on it), and ``wait_for_writers``,
+called by a sequence-ordered read before its query, takes it exclusively:
+the read then starts once every write transaction under way has ended, and
+sees a prefix of the sequence without holes (new writers wait for the read's
+short transaction). A write transaction takes the lock as its first
+statement, before any row lock, so the waits form no cycle.
 """
 
 from __future__ import annotations
@@ -41,6 +53,12 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from shared.errors import ServiceUnavailable
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# PostgreSQL advisory lock keys (8 ASCII letters each)
+MIGRATION_LOCK_KEY = 0x5048_5347_4D49_4752  # "PHSGMIGR": migrate(), one process at a time
+DAY_CHANGE_LOCK_KEY = 0x5048_5347_4441_5953  # "PHSGDAYS": the day-change recompute
+WRITERS_LOCK_KEY = 0x5048_5347_5752_5452  # "PHSGWRTR": held shared by every write (above)
+_SHARE_WRITERS_LOCK = f"SELECT pg_advisory_xact_lock_shared({WRITERS_LOCK_KEY})"
+_WAIT_FOR_WRITERS = f"SELECT pg_advisory_xact_lock({WRITERS_LOCK_KEY})"
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
@@ -90,6 +108,8 @@ class Database:
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction: committed on exit, rolled back on error."""
         async with self._write_lock, self._writer.begin() as conn:
+            if not self.is_sqlite:
+                await conn.exec_driver_sql(_SHARE_WRITERS_LOCK)
             yield conn
 
     @asynccontextmanager
@@ -97,6 +117,13 @@ class Database:
         """A read-only snapshot (one transaction, rolled back on exit)."""
         async with self._reader.connect() as conn:
             yield conn
+
+    @staticmethod
+    async def wait_for_writers(conn: AsyncConnection) -> None:
+        """In a read, before a query in sequence order: on PostgreSQL, wait until
+        the write transactions under way have ended (module docstring)."""
+        if conn.dialect.name != "sqlite":
+            await conn.exec_driver_sql(_WAIT_FOR_WRITERS)
 
     async def ping(self) -> None:
         try:
@@ -106,14 +133,29 @@ class Database:
             raise ServiceUnavailable("database unreachable") from err
 
     async def migrate(self) -> None:
-        """Upgrade the schema to head in one transaction (a re-run is a no-op)."""
+        """Upgrade the schema to head in one transaction (a re-run is a no-op).
+
+        On PostgreSQL the transaction first takes an advisory lock: gateway
+        processes starting together on a new database (``serve --workers``,
+        several units) migrate one after the other, the later ones finding the
+        schema at head, instead of failing on each other's ``CREATE TABLE``.
+        """
         async with self.write() as conn:
+            await one_at_a_time(conn, MIGRATION_LOCK_KEY)
             await conn.run_sync(_upgrade_to_head)
 
     async def close(self) -> None:
         await self._writer.dispose()
         if self._reader is not self._writer:
             await self._reader.dispose()
+
+
+async def one_at_a_time(conn: AsyncConnection, key: int) -> None:
+    """On PostgreSQL, take the advisory lock ``key`` until the transaction ends:
+    transactions that take it run one after the other, across processes.
+    Nothing to do on SQLite, where write transactions do anyway."""
+    if conn.dialect.name != "sqlite":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 # Hot-path statements, compiled once per dialect and run as driver SQL.

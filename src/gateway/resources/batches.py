@@ -18,7 +18,7 @@ from gateway.auth import authenticate_node
 from gateway.cohorts import apply_draft_item
 from gateway.http import LIMITS, decode_document, now, read_body
 from gateway.idempotency import Reply, run_write
-from gateway.outreach import Scope, Source, apply_transitions
+from gateway.outreach import Scope, Source, apply_transitions, lock_items
 from gateway.refusals import RefusedWrite, record_refused
 from gateway.registry import Node
 from gateway.reports import store_report, verified_report
@@ -59,6 +59,11 @@ async def apply_batch(
     request: web.Request,
 ) -> list[dict[str, Any]]:
     moment = now(request)
+    transitions = [item.item_id for item in items if isinstance(item, Transition)]
+    if transitions and len(transitions) < len(items):
+        # Other items split the transitions into several runs, each locking its
+        # items: lock them all first, in id order, as a batch of one run does.
+        await lock_items(conn, transitions)
     scope = Scope(node.tenant_id, node.facility_ids)
     source = Source(f"node:{node.node_id}", batch_id)
     results: list[dict[str, Any]] = []

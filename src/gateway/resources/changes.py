@@ -2,7 +2,8 @@
 
 The cursor is the last change sequence number the node has seen, as a
 string; the node treats it as opaque. Changes are read in sequence order,
-which on SQLite (one writer) is commit order.
+which on SQLite (one writer) is commit order; on PostgreSQL the read waits
+for the writes under way first (``Database.wait_for_writers``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from gateway.auth import authenticate_node
+from gateway.db.database import Database
 from gateway.db.schema import changes
 from gateway.http import database, query_int, respond, settings
 from shared.errors import BadCursor
@@ -54,6 +56,7 @@ async def read(request: web.Request) -> web.Response:
         .limit(limit + 1)
     )
     async with database(request).read() as conn:
+        await Database.wait_for_writers(conn)  # no seq skipped behind a slower commit
         rows = (await conn.execute(query)).all()
     more = len(rows) > limit
     rows = rows[:limit]
