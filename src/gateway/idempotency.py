@@ -164,7 +164,16 @@ async def _claim(request: web.Request, db: Database, claim: _Claim) -> web.Respo
                     )
                 document = msgpack.unpackb(row.reply, raw=False)
                 return respond(request, row.status_code, document, {"Idempotent-Replayed": "true"})
-            await conn.execute(idempotency_keys.delete().where(where))
+            # Only the stale row we read: on PostgreSQL a concurrent request may
+            # have replaced it with its own fresh claim since, which must stay.
+            await conn.execute(
+                idempotency_keys.delete().where(
+                    where,
+                    idempotency_keys.c.state == row.state,
+                    idempotency_keys.c.claimed_at == row.claimed_at,
+                    idempotency_keys.c.expires_at == row.expires_at,
+                )
+            )
         # Taking over an expired or abandoned key (or one just released), a
         # concurrent request on PostgreSQL may take it first: then it is in flight.
         insert = fresh if fresh is not None else idempotency_keys.insert()
