@@ -1,18 +1,24 @@
 """Gateway ingest benchmark: transitions per second through ``POST …/sync/batches``.
 
-Two figures from the same run, on the same disk, with the same SQLite pragmas
-(WAL, ``synchronous=FULL``):
+Two figures from the same run, on the same store:
 
-* **gateway** — a real ``phs-gateway serve`` subprocess on a SQLite file,
-  driven over loopback by signed msgpack batches (default 500 transitions
-  each). Every transition is a valid FSM step on a distinct item of its
-  batch, so each one is really applied: one log row, one item update and one
-  change-feed row, plus the batch's idempotency record.
-* **raw** — Python's ``sqlite3`` ``executemany`` of exactly those rows into a
-  fresh database of the gateway's schema, one ``BEGIN IMMEDIATE`` transaction
-  per batch, rows built before the clock starts: what the disk and SQLite
-  allow, with no HTTP, parsing, signatures, FSM or idempotency. Median of
-  three runs.
+* **gateway** — a real ``phs-gateway serve`` subprocess (``--workers N``
+  processes on PostgreSQL) driven over loopback by signed msgpack batches
+  (default 500 transitions each). Every transition is a valid FSM step on a
+  distinct item of its batch, so each one is really applied: one log row, one
+  item update and one change-feed row, plus the batch's idempotency record.
+* **raw** — the same rows written by a bare driver into a fresh database of
+  the gateway's schema, one transaction per batch, rows built before the
+  clock starts: what the disk and the database allow, with no HTTP, parsing,
+  signatures, FSM or idempotency. Median of three runs. On SQLite (the
+  default, a file under ``--dir``): Python's ``sqlite3`` ``executemany``
+  under ``BEGIN IMMEDIATE``, with the gateway's pragmas (WAL,
+  ``synchronous=FULL``). On PostgreSQL (``--database-url``): asyncpg
+  ``executemany``, one connection per sender, concurrently.
+
+``--database-url postgresql+asyncpg://user@host/db`` names a server (and a
+database to connect to there): each run makes its own databases on it and
+drops them afterwards (``--keep`` keeps them).
 
 Setup (tokens, enrollment, creating the items through the admin API, building
 and signing the batches) is not timed. Every answer must say ``applied`` for
@@ -23,6 +29,7 @@ gateway process and of the raw run, which a busy machine disturbs far less.
 
     .venv/bin/python bench/gateway_ingest.py [--transitions N] [--batch-size 500]
         [--senders S] [--dir DIR] [--keep] [--profile OUT.svg]
+        [--database-url postgresql+asyncpg://… [--workers N]]
 
 docs/performance.md has the method, the figures and what the profile shows.
 """
@@ -43,7 +50,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,10 +60,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import msgpack
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.db.schema import metadata
+from gateway.db.database import Database
+from gateway.db.schema import changes, idempotency_keys, metadata, outreach_items
+from gateway.db.schema import outreach_transitions as transitions_table
 from shared.signing import KeyPair, authorization_header
 from shared.values import format_timestamp
 
@@ -152,6 +165,74 @@ def make_plan(transitions: int, batch_size: int, senders: int, start: datetime) 
     return Plan(item_ids, lanes)
 
 
+# --- the store ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where a gateway keeps its data in this run: SQLite in ``data_dir``, or
+    the PostgreSQL database ``url`` made for the run."""
+
+    data_dir: Path
+    url: str = ""  # empty: SQLite at DATA_DIR/gateway.db
+
+    def args(self) -> list[str]:
+        """The CLI's store flags."""
+        url = ["--database-url", self.url] if self.url else []
+        return ["--data-dir", str(self.data_dir), *url]
+
+    def sqlalchemy_url(self) -> str:
+        return self.url or f"sqlite+aiosqlite:///{self.data_dir / 'gateway.db'}"
+
+
+def asyncpg_dsn(url: str) -> str:
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def create_postgres_database(server_url: str, purpose: str) -> str:
+    """A new database on the server of ``server_url``; its SQLAlchemy URL."""
+    name = f"phs_bench_{purpose}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_postgres_database(server_url: str, url: str) -> None:
+    name = sa.make_url(url).database
+    assert name and name.startswith("phs_bench_"), name
+    admin = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def postgres_backend_cpu(url: str) -> dict[int, float]:
+    """CPU seconds used so far by each server process on the database of ``url``
+    (read from /proc: the server must run on this machine; else nothing)."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    found = {}
+    for row in rows:
+        with contextlib.suppress(OSError):
+            found[row["pid"]] = process_cpu_seconds(row["pid"])
+    return found
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the processes of ``after`` used since ``before`` (new ones: all)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 # --- the gateway process -----------------------------------------------------
 
 
@@ -166,9 +247,9 @@ def gateway_env() -> dict[str, str]:
     return {**os.environ, "PHS_GATEWAY_LOG_LEVEL": "WARNING"}
 
 
-def cli(data_dir: Path, *args: str) -> str:
+def cli(store: Store, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "gateway.cli", *args, *store.args()],
         check=True,
         capture_output=True,
         text=True,
@@ -178,20 +259,35 @@ def cli(data_dir: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+class Served:
+    """A running ``phs-gateway serve`` and how many of its processes listen
+    (each prints "Running on" once it does)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.listening = 0
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if b"Running on" in line:
+                self.listening += 1
+
+
 async def wait_ready(
-    session: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes]
+    session: aiohttp.ClientSession, base: str, served: Served, workers: int
 ) -> None:
-    for _ in range(200):
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}")
-        try:
+    """Until every worker listens and the gateway answers /readyz."""
+    for _ in range(600):
+        if served.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {served.proc.returncode}")
+        with contextlib.suppress(aiohttp.ClientConnectionError):
             async with session.get(f"{base}/readyz") as resp:
-                if resp.status == 200:
+                if resp.status == 200 and served.listening >= workers:
                     return
-        except aiohttp.ClientConnectionError:
-            pass
         await asyncio.sleep(0.05)
-    raise RuntimeError("gateway did not become ready in 10 s")
+    raise RuntimeError("gateway did not become ready in 30 s")
 
 
 async def create_items(
@@ -274,40 +370,69 @@ async def send_lanes(
     return time.perf_counter() - began, latencies
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gateway_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds so far of the gateway process ``pid`` and of its children
+    (the workers of ``serve --workers``), by pid."""
+    found = {pid: process_cpu_seconds(pid)}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(_stat(int(entry))[1]) == pid:
+                    found[int(entry)] = process_cpu_seconds(int(entry))
+    return found
 
 
 @dataclass(frozen=True)
 class GatewayRun:
     seconds: float
     latencies: list[float]
-    cpu_seconds: float  # the gateway process's, during the timed part
+    cpu_seconds: float  # the gateway's processes', during the timed part
+    database_cpu_seconds: float | None  # PostgreSQL's server processes' (None: SQLite)
 
 
-def verify_gateway_store(db_path: Path, plan: Plan) -> None:
+async def verify_gateway_store(store: Store, plan: Plan) -> None:
     """Every transition really recorded as applied; every item at the end of its path."""
     final = PHASES[-1][1]
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
-        applied = conn.execute(
-            "SELECT count(*) FROM outreach_transitions "
-            "WHERE tenant_id = ? AND disposition = 'applied'",
-            (TENANT,),
-        ).fetchone()[0]
-        done = conn.execute(
-            "SELECT count(*) FROM outreach_items WHERE tenant_id = ? AND state = ? AND version = ?",
-            (TENANT, final, 1 + len(PHASES)),
-        ).fetchone()[0]
-        feed = conn.execute(
-            "SELECT count(*) FROM changes WHERE tenant_id = ?", (TENANT,)
-        ).fetchone()[0]
-        batches = conn.execute(
-            "SELECT count(*) FROM idempotency_keys WHERE principal = ? AND state = 'done'",
-            (f"node:{NODE_ID}",),
-        ).fetchone()[0]
+    count = sa.select(sa.func.count())
+    database = Database(store.sqlalchemy_url())
+    try:
+        async with database.read() as conn:
+            applied = await conn.scalar(
+                count.select_from(transitions_table).where(
+                    transitions_table.c.tenant_id == TENANT,
+                    transitions_table.c.disposition == "applied",
+                )
+            )
+            done = await conn.scalar(
+                count.select_from(outreach_items).where(
+                    outreach_items.c.tenant_id == TENANT,
+                    outreach_items.c.state == final,
+                    outreach_items.c.version == 1 + len(PHASES),
+                )
+            )
+            feed = await conn.scalar(
+                count.select_from(changes).where(changes.c.tenant_id == TENANT)
+            )
+            batches = await conn.scalar(
+                count.select_from(idempotency_keys).where(
+                    idempotency_keys.c.principal == f"node:{NODE_ID}",
+                    idempotency_keys.c.state == "done",
+                )
+            )
+    finally:
+        await database.close()
     expected = {
         "applied transitions": (applied, plan.transitions),
         f"items {final}": (done, len(plan.item_ids)),
@@ -332,30 +457,31 @@ async def verify_over_http(
             raise RuntimeError(f"{item_id} over HTTP: state {doc['state']}, history {history}")
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Stop a child we started: ``sig``, then SIGKILL after 10 s."""
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Stop a child we started: ``sig``, then SIGKILL after ``timeout`` s."""
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
 
 
 @contextlib.contextmanager
-def gateway_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """``phs-gateway serve`` on loopback, stopped on exit."""
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(data_dir)]
+def gateway_process(store: Store, port: int, workers: int) -> Iterator[Served]:
+    """``phs-gateway serve`` (``--workers``) on loopback, stopped on exit."""
+    command = [sys.executable, "-m", "gateway.cli", "serve", *store.args()]
     proc = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        [*command, "--host", "127.0.0.1", "--port", str(port)]
+        + (["--workers", str(workers)] if workers > 1 else []),
         env=gateway_env(),
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
     )
     try:
-        yield proc
+        yield Served(proc)
     finally:
-        stop(proc)
+        stop(proc, timeout=40)  # the workers finish their requests first
 
 
 @contextlib.contextmanager
@@ -380,7 +506,9 @@ def profiled(pid: int, output: str | None) -> Iterator[None]:
 
 async def drive_gateway(
     base: str,
-    proc: subprocess.Popen[bytes],
+    served: Served,
+    store: Store,
+    workers: int,
     token: str,
     keypair: KeyPair,
     plan: Plan,
@@ -388,9 +516,10 @@ async def drive_gateway(
     profile: str | None,
 ) -> GatewayRun:
     """Set up the items, then time the batches."""
+    proc = served.proc
     connector = aiohttp.TCPConnector(limit=max(SETUP_CONCURRENCY, len(plan.lanes)))
     async with aiohttp.ClientSession(connector=connector) as session:
-        await wait_ready(session, base, proc)
+        await wait_ready(session, base, served, workers)
         began = time.perf_counter()
         await create_items(session, base, token, plan.item_ids)
         print(
@@ -400,29 +529,34 @@ async def drive_gateway(
         )
         lanes = sign_batches(plan, keypair, format_timestamp(start))
         with profiled(proc.pid, profile):
-            cpu_before = process_cpu_seconds(proc.pid)
+            cpu_before = gateway_cpu_seconds(proc.pid)
+            db_before = await postgres_backend_cpu(store.url) if store.url else {}
             elapsed, latencies = await send_lanes(session, base, lanes)
-            cpu = process_cpu_seconds(proc.pid) - cpu_before
+            cpu = cpu_used(cpu_before, gateway_cpu_seconds(proc.pid))
+            db_cpu = None
+            if store.url:
+                db_cpu = cpu_used(db_before, await postgres_backend_cpu(store.url))
         await verify_over_http(session, base, token, plan)
-    return GatewayRun(elapsed, latencies, cpu)
+    return GatewayRun(elapsed, latencies, cpu, db_cpu)
 
 
-def run_gateway(work_dir: Path, plan: Plan, start: datetime, profile: str | None) -> GatewayRun:
-    data_dir = work_dir / "gateway"
-    token = cli(data_dir, "create-token", "--tenant", TENANT, "--role", "admin").splitlines()[0]
+def run_gateway(
+    store: Store, workers: int, plan: Plan, start: datetime, profile: str | None
+) -> GatewayRun:
+    token = cli(store, "create-token", "--tenant", TENANT, "--role", "admin").splitlines()[0]
     keypair = KeyPair.generate()
     enroll = ["--node-id", NODE_ID, "--tenant", TENANT, "--facility", FACILITY]
-    cli(data_dir, "enroll-node", *enroll, "--public-key", keypair.public_key_b64)
+    cli(store, "enroll-node", *enroll, "--public-key", keypair.public_key_b64)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with gateway_process(data_dir, port) as proc:
+    with gateway_process(store, port, workers) as served:
         run = asyncio.run(
             asyncio.wait_for(
-                drive_gateway(base, proc, token, keypair, plan, start, profile),
+                drive_gateway(base, served, store, workers, token, keypair, plan, start, profile),
                 DEADLINE_SECONDS,
             )
         )
-    verify_gateway_store(data_dir / "gateway.db", plan)
+    asyncio.run(verify_gateway_store(store, plan))
     return run
 
 
@@ -444,12 +578,13 @@ _INSERT_CHANGE = (
 )
 
 
-def _raw_rows(
-    plan: Plan, stamp: str
-) -> list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
+RawBatch = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+def _raw_rows(batches: Sequence[tuple[str, list[Step]]], stamp: str) -> list[RawBatch]:
     """Per batch: the log rows, item updates and change rows the gateway writes."""
     out = []
-    for key, batch in plan.batches:
+    for key, batch in batches:
         logs, updates, feed = [], [], []
         for step in batch:
             version = step.seq + 2
@@ -500,7 +635,7 @@ def run_raw(path: Path, plan: Plan, start: datetime) -> tuple[float, float]:
         [(item, TENANT, FACILITY, INITIAL_STATE, stamp, stamp) for item in plan.item_ids],
     )
     conn.execute("COMMIT")
-    batches = _raw_rows(plan, stamp)
+    batches = _raw_rows(plan.batches, stamp)
     began, cpu_began = time.perf_counter(), time.process_time()
     for logs, updates, feed in batches:
         conn.execute("BEGIN IMMEDIATE")
@@ -517,6 +652,77 @@ def run_raw(path: Path, plan: Plan, start: datetime) -> tuple[float, float]:
     if final != len(plan.item_ids):
         raise RuntimeError(f"raw reference: {final} of {len(plan.item_ids)} items finished")
     return elapsed, cpu
+
+
+def _numbered(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1, $2, …``."""
+    parts = sql.split("?")
+    return "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], 1)) + parts[-1]
+
+
+async def run_raw_postgres(
+    server_url: str, plan: Plan, start: datetime, keep: bool
+) -> tuple[float, float, float | None]:
+    """Seconds (wall, client CPU, server CPU) for asyncpg to write the gateway's rows
+    into a new database: one connection per sender, concurrently, a transaction a batch."""
+    url = await create_postgres_database(server_url, "raw")
+    try:
+        engine = create_async_engine(url)
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)  # the gateway's tables and indexes
+        await engine.dispose()
+        stamp = format_timestamp(start)
+        conns = [await asyncpg.connect(asyncpg_dsn(url)) for _ in plan.lanes]
+        try:
+            await conns[0].executemany(
+                "INSERT INTO outreach_items (id, tenant_id, facility_id, state, version, "
+                "created_at, updated_at) VALUES ($1, $2, $3, $4, 1, $5, $6)",
+                [(item, TENANT, FACILITY, INITIAL_STATE, stamp, stamp) for item in plan.item_ids],
+            )
+            lanes = [
+                _raw_rows([(batch_id(n, b), batch) for b, batch in enumerate(lane)], stamp)
+                for n, lane in enumerate(plan.lanes)
+            ]
+            sql = [_numbered(q) for q in (_INSERT_LOG, _UPDATE_ITEM, _INSERT_CHANGE)]
+
+            async def lane(conn: asyncpg.Connection, batches: list[RawBatch]) -> None:
+                for rows in batches:
+                    async with conn.transaction():
+                        for statement, values in zip(sql, rows, strict=True):
+                            await conn.executemany(statement, values)
+
+            server_pids = [await conn.fetchval("SELECT pg_backend_pid()") for conn in conns]
+
+            def server_cpu_now() -> dict[int, float] | None:
+                try:
+                    return {pid: process_cpu_seconds(pid) for pid in server_pids}
+                except OSError:  # a server on another machine: no CPU figure
+                    return None
+
+            server_before = server_cpu_now()
+            began, cpu_began = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(lane(c, b) for c, b in zip(conns, lanes, strict=True)))
+            elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
+            server_after = server_cpu_now()
+            server_cpu = (
+                None
+                if server_before is None or server_after is None
+                else cpu_used(server_before, server_after)
+            )
+            final = await conns[0].fetchval(
+                "SELECT count(*) FROM outreach_items WHERE state = $1 AND version = $2",
+                PHASES[-1][1],
+                1 + len(PHASES),
+            )
+        finally:
+            for conn in conns:
+                await conn.close()
+    finally:
+        if not keep:
+            await drop_postgres_database(server_url, url)
+    if final != len(plan.item_ids):
+        raise RuntimeError(f"raw reference: {final} of {len(plan.item_ids)} items finished")
+    return elapsed, cpu, server_cpu
 
 
 # --- main --------------------------------------------------------------------
@@ -566,9 +772,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--senders",
         type=int,
-        default=1,
-        help="concurrent HTTP senders, each with its own items (default 1: the gateway "
-        "applies one batch at a time, so more only queue; see docs/performance.md)",
+        help="concurrent HTTP senders, each with its own items (default 1 for one worker: "
+        "it applies one batch at a time, so more only queue; see docs/performance.md; "
+        "with several workers, 2 per worker)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL server (postgresql+asyncpg://user@host/db, db being one to "
+        "connect to): the gateway and the raw reference each get a new database there; "
+        "default: SQLite files under --dir",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="gateway processes (serve --workers; PostgreSQL)"
     )
     parser.add_argument(
         "--dir", default="/var/tmp", help="where the SQLite files go; must be a real disk"
@@ -585,39 +800,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--transitions must be in 1..300000")
     if not 1 <= args.batch_size <= 5000:
         parser.error("--batch-size must be in 1..5000 (the gateway's batch limit)")
-    if not 1 <= args.senders <= 16:
-        parser.error("--senders must be in 1..16")
+    if not 1 <= args.workers <= 16:
+        parser.error("--workers must be in 1..16")
+    if args.workers > 1 and not args.database_url:
+        parser.error("--workers above 1 needs --database-url (a SQLite store has one writer)")
+    if args.database_url and sa.make_url(args.database_url).get_backend_name() != "postgresql":
+        parser.error("--database-url must name a PostgreSQL server")
+    if args.senders is None:
+        args.senders = 1 if args.workers == 1 else 2 * args.workers
+    if not 1 <= args.senders <= 32:
+        parser.error("--senders must be in 1..32")
     fs_type = filesystem_of(Path(args.dir))
-    if fs_type in {"tmpfs", "ramfs"}:
+    if fs_type in {"tmpfs", "ramfs"} and not args.database_url:
         parser.error(f"--dir {args.dir} is on {fs_type}; the benchmark needs a real disk")
 
     work_dir = Path(tempfile.mkdtemp(prefix="phs-bench-", dir=args.dir))
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     plan = make_plan(args.transitions, args.batch_size, args.senders, start)
+    if args.database_url:
+        shown = sa.make_url(args.database_url).render_as_string(hide_password=True)
+        where = f"PostgreSQL databases on {shown}, {args.workers} gateway worker(s)"
+    else:
+        where = f"SQLite files in {work_dir} ({fs_type})"
     print(
         f"{plan.transitions} transitions on {len(plan.item_ids)} items, "
         f"{len(plan.batches)} batches of <= {args.batch_size}, {args.senders} sender(s); "
-        f"SQLite files in {work_dir} ({fs_type})",
+        f"{where}",
         flush=True,
     )
+    gateway_url = ""
     try:
         run_began = time.perf_counter()
-        gateway = run_gateway(work_dir, plan, start, args.profile)
-        raw_runs = [run_raw(work_dir / f"raw-{n}.db", plan, start) for n in range(RAW_RUNS)]
+        if args.database_url:
+            gateway_url = asyncio.run(create_postgres_database(args.database_url, "gateway"))
+        store = Store(work_dir / "gateway", gateway_url)
+        gateway = run_gateway(store, args.workers, plan, start, args.profile)
+        raw_runs: list[tuple[float, float, float | None]] = []
+        for n in range(RAW_RUNS):
+            if args.database_url:
+                raw = run_raw_postgres(args.database_url, plan, start, args.keep)
+                raw_runs.append(asyncio.run(raw))
+            else:
+                raw_runs.append((*run_raw(work_dir / f"raw-{n}.db", plan, start), None))
         total = time.perf_counter() - run_began
     finally:
         if not args.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
+            if gateway_url:
+                asyncio.run(drop_postgres_database(args.database_url, gateway_url))
 
     n = plan.transitions
-    raw_s = statistics.median(wall for wall, _ in raw_runs)
-    raw_cpu = statistics.median(cpu for _, cpu in raw_runs)
+    raw_s = statistics.median(wall for wall, _, _ in raw_runs)
+    raw_cpu = statistics.median(cpu for _, cpu, _ in raw_runs)
+    raw_db = [db for _, _, db in raw_runs if db is not None]
     gateway_rate, raw_rate = n / gateway.seconds, n / raw_s
     lat = gateway.latencies
     print(f"gateway: {gateway_rate:10,.0f} transitions/s  ({gateway.seconds:.2f} s, all applied)")
     print(
         f"raw:     {raw_rate:10,.0f} transitions/s  ({raw_s:.2f} s, median of "
-        f"{', '.join(f'{n / wall:,.0f}' for wall, _ in raw_runs)})"
+        f"{', '.join(f'{n / wall:,.0f}' for wall, _, _ in raw_runs)})"
     )
     print(f"ratio:   {gateway_rate / raw_rate:10.3f}  (goal >= 0.25)")
     print(
@@ -626,10 +867,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"mean {statistics.fmean(lat) * 1000:.1f} ms over {len(lat)} batches"
     )
     # CPU time hardly depends on what else the machine runs: a steadier view.
-    print(
-        f"CPU per batch: gateway process {gateway.cpu_seconds / len(lat) * 1000:.1f} ms, "
-        f"raw {raw_cpu / len(lat) * 1000:.1f} ms"
-    )
+    per_batch, per_step = 1000 / len(lat), 1e6 / n
+
+    def cpu(seconds: float) -> str:
+        return f"{seconds * per_batch:.1f} ms ({seconds * per_step:.0f} µs a transition)"
+
+    print(f"CPU per batch: gateway process(es) {cpu(gateway.cpu_seconds)}, raw {cpu(raw_cpu)}")
+    if gateway.database_cpu_seconds is not None and raw_db:  # PostgreSQL on this machine
+        print(
+            f"PostgreSQL CPU per batch: under the gateway {cpu(gateway.database_cpu_seconds)}, "
+            f"under raw {cpu(statistics.median(raw_db))}"
+        )
     print(f"whole run: {total:.1f} s; {machine()}")
     return 0
 

@@ -207,16 +207,12 @@ async def get_item(conn: AsyncConnection, item_id: str, tenant_id: str) -> dict[
     return {**item_to_wire(dict(row._mapping)), "history": history}
 
 
-# FOR UPDATE (PostgreSQL; SQLite has one writer): a transition is resolved
+_SELECT_ITEMS = sa.select(outreach_items).where(in_list(outreach_items.c.id))
+# On PostgreSQL, FOR UPDATE (SQLite has one writer): a transition is resolved
 # against the item's state as committed, and no concurrent batch changes the
 # item before this one commits. Rows are locked in id order (ORDER BY below
 # the lock), so two batches touching the same items never deadlock.
-_SELECT_ITEMS = (
-    sa.select(outreach_items)
-    .where(in_list(outreach_items.c.id))
-    .order_by(outreach_items.c.id)
-    .with_for_update()
-)
+_LOCK_ITEMS = _SELECT_ITEMS.order_by(outreach_items.c.id).with_for_update()
 _SELECT_SEEN = (
     sa.select(
         outreach_transitions.c.item_id,
@@ -235,13 +231,14 @@ _SELECT_SEEN = (
 async def lock_items(conn: AsyncConnection, ids: Iterable[str]) -> None:
     """Lock the items ``ids`` for this transaction, in id order (PostgreSQL)."""
     if conn.dialect.name != "sqlite":
-        await select_in(conn, _SELECT_ITEMS, sorted(set(ids)))
+        await select_in(conn, _LOCK_ITEMS, sorted(set(ids)))
 
 
 async def _load_items(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, _Item]:
     found: dict[str, _Item] = {}
     keys = tuple(c.name for c in outreach_items.columns)  # the columns _SELECT_ITEMS lists
-    for row in await select_in(conn, _SELECT_ITEMS, ids):
+    query = _SELECT_ITEMS if conn.dialect.name == "sqlite" else _LOCK_ITEMS
+    for row in await select_in(conn, query, ids):
         data = dict(zip(keys, row, strict=True))
         found[data["id"]] = _Item(data, State(data["state"]), _last_transition(data))
     return found
