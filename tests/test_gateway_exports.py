@@ -334,13 +334,9 @@ async def job_row(db: Database, job_id: str) -> Any:
         ).one()
 
 
-async def test_runner_states_graceful_stop_and_crash_recovery(
-    tmp_path: Path, database_url: str
-) -> None:
-    settings = Settings(data_dir=str(tmp_path), database_url=database_url)
-    db = Database(settings.sqlalchemy_url())
-    await db.migrate()
-    clock = FakeClock()
+def gated_kind() -> tuple[JobKind, asyncio.Event, asyncio.Event]:
+    """An HMIS job kind whose run says it has started (``entered``) and then
+    waits for ``release`` before it succeeds: the test holds a job running."""
     entered = asyncio.Event()
     release = asyncio.Event()
 
@@ -349,7 +345,17 @@ async def test_runner_states_graceful_stop_and_crash_recovery(
         await release.wait()
         return Finish("succeeded", {"result": b"{}", "result_sha256": "x"})
 
-    kind = JobKind("hmis_export_job", hmis_export_jobs, gated)
+    return JobKind("hmis_export_job", hmis_export_jobs, gated), entered, release
+
+
+async def test_runner_states_graceful_stop_and_crash_recovery(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = Settings(data_dir=str(tmp_path), database_url=database_url)
+    db = Database(settings.sqlalchemy_url())
+    await db.migrate()
+    clock = FakeClock()
+    kind, entered, release = gated_kind()
     try:
         # queued -> running -> succeeded, with the clock's times.
         await insert_job(db, "j1", "queued")
@@ -400,15 +406,7 @@ async def test_runners_of_several_processes_leave_each_others_jobs_alone(
     db = Database(settings.sqlalchemy_url())
     await db.migrate()
     clock = FakeClock()
-    entered = asyncio.Event()
-    release = asyncio.Event()
-
-    async def gated(database: Database, job: Any, settings: Settings) -> Finish:
-        entered.set()
-        await release.wait()
-        return Finish("succeeded", {"result": b"{}", "result_sha256": "x"})
-
-    kind = JobKind("hmis_export_job", hmis_export_jobs, gated)
+    kind, entered, release = gated_kind()
     try:
         await insert_job(db, "j1", "queued")
         first = JobRunner(db, settings, clock, [kind])
