@@ -109,7 +109,7 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> web.Applicati
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    database = Database(app[SETTINGS].sqlalchemy_url())
+    database = Database.for_settings(app[SETTINGS])
     await database.migrate()
     app[DATABASE] = database
     yield

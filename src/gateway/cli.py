@@ -86,7 +86,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _with_store(settings: Settings, action: Callable[[Database], Awaitable[Any]]) -> Any:
-    database = Database(settings.sqlalchemy_url())
+    database = Database.for_settings(settings)
     try:
         await database.migrate()
         return await action(database)
@@ -165,7 +165,7 @@ async def _relay(settings: Settings, nats_url: str | None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    database = Database(settings.sqlalchemy_url())
+    database = Database.for_settings(settings)
     relay = EventRelay(database, config, system_clock)
     try:
         await relay.run(stop)

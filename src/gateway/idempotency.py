@@ -101,8 +101,7 @@ async def _run_write(
     key = validate_key(request.headers.get("Idempotency-Key"))
     db = database(request)
     if key is None:
-        async with db.write() as conn:
-            reply = await write(conn)
+        reply = await db.transact(write)
         return respond(request, reply.status, reply.document, reply.headers, reply.is_problem)
 
     claim = _Claim(
@@ -111,11 +110,14 @@ async def _run_write(
     replay = await _claim(request, db, claim)
     if replay is not None:
         return replay
+    async def write_and_complete(conn: AsyncConnection) -> Reply:
+        reply = await write(conn)
+        if 200 <= reply.status < 300:
+            await _complete(conn, claim, reply, now(request))
+        return reply
+
     try:
-        async with db.write() as conn:
-            reply = await write(conn)
-            if 200 <= reply.status < 300:
-                await _complete(conn, claim, reply, now(request))
+        reply = await db.transact(write_and_complete)
     except BaseException:
         await _release(db, claim)
         raise

@@ -41,6 +41,21 @@ class Settings:
         "SQLAlchemy URL of the store; empty means SQLite at DATA_DIR/gateway.db "
         "(sqlite+aiosqlite:///…). PostgreSQL: postgresql+asyncpg://user@host/db.",
     )
+    database_pool_size: int = setting(
+        10,
+        "PostgreSQL connections each gateway process keeps open (SQLite: one writer "
+        "and four readers, fixed).",
+    )
+    database_pool_overflow: int = setting(
+        10,
+        "Extra PostgreSQL connections a process may open under load, closed when idle; "
+        "per process at most pool size + overflow.",
+    )
+    database_retry_attempts: int = setting(
+        5,
+        "Times a write transaction is tried when PostgreSQL aborts it as a deadlock "
+        "victim or a serialization failure, before answering 503.",
+    )
     max_body_bytes: int = setting(4 * 1024 * 1024, "Largest request body accepted (413).")
     max_batch_items: int = setting(5000, "Most items in one batch (413 batch_too_large).")
     max_nesting_depth: int = setting(32, "Deepest nesting of a JSON or msgpack body (400).")

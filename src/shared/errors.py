@@ -279,9 +279,19 @@ class CohortInvalid(Unprocessable):
 
 
 class ServiceUnavailable(PhsError):
+    """Temporarily unable to answer (store unreachable, writes kept aborting);
+    with ``retry_after`` the answer says when to try again."""
+
     status = 503
     code = "unavailable"
     title = "Service unavailable"
+
+    def __init__(self, detail: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class ItemCode(StrEnum):

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -46,11 +48,17 @@ from sqlalchemy import (
     make_url,
     text,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from shared.errors import ServiceUnavailable
+from shared.errors import ServiceUnavailable, ValidationFailed
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+
+log = logging.getLogger("gateway.db")
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # PostgreSQL advisory lock keys (8 ASCII letters each)
@@ -86,8 +94,20 @@ def _sqlite_engine(url: str, begin: str, pool_size: int) -> AsyncEngine:
     return engine
 
 
+# SQLSTATEs of a PostgreSQL transaction aborted only because of a concurrent
+# one (deadlock victim, serialization failure): run again, it will succeed.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, pool_overflow: int = 10, retry_attempts: int = 5
+    ) -> None:
+        if pool_size < 1 or pool_overflow < 0 or retry_attempts < 1:
+            raise ValidationFailed(
+                "database pool size and retry attempts must be at least 1, overflow at least 0"
+            )
+        self.retry_attempts = retry_attempts
         parsed = make_url(url)
         self.url = parsed
         self.dialect = parsed.get_backend_name()
@@ -98,10 +118,22 @@ class Database:
             self._writer = _sqlite_engine(url, "BEGIN IMMEDIATE", pool_size=1)
             self._reader = _sqlite_engine(url, "BEGIN", pool_size=4)
         else:
-            self._writer = create_async_engine(url, pool_size=10, max_overflow=10)
+            self._writer = create_async_engine(
+                url, pool_size=pool_size, max_overflow=pool_overflow
+            )
             self._reader = self._writer
         self._write_lock: AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if self.is_sqlite else nullcontext()
+        )
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Database:
+        """The store ``settings`` name, with their pool and retry settings."""
+        return cls(
+            settings.sqlalchemy_url(),
+            pool_size=settings.database_pool_size,
+            pool_overflow=settings.database_pool_overflow,
+            retry_attempts=settings.database_retry_attempts,
         )
 
     @asynccontextmanager
@@ -111,6 +143,40 @@ class Database:
             if not self.is_sqlite:
                 await conn.exec_driver_sql(_SHARE_WRITERS_LOCK)
             yield conn
+
+    async def transact(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``work`` in one write transaction, run again when PostgreSQL aborted it
+        for a concurrent transaction's sake (deadlock, serialization failure).
+
+        ``work`` must keep its effects inside the transaction, so that a rolled
+        back attempt left nothing behind. Lock order keeps deadlocks rare, but
+        not every path can take its locks in one global order (a batch mixing
+        kinds locks items, cohorts and scores as its items come); the loser
+        would otherwise answer 500 for a write that would have succeeded.
+        After ``retry_attempts`` it answers 503 with Retry-After.
+        """
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                async with self.write() as conn:
+                    return await work(conn)
+            except DBAPIError as err:
+                sqlstate = _sqlstate(err)
+                if sqlstate not in RETRYABLE_SQLSTATES:
+                    raise
+                log.warning(
+                    "write transaction aborted by PostgreSQL (SQLSTATE %s), attempt %d of %d",
+                    sqlstate,
+                    attempt,
+                    self.retry_attempts,
+                )
+                if attempt == self.retry_attempts:
+                    raise ServiceUnavailable(
+                        "the store kept aborting this write for concurrent ones; retry",
+                        retry_after=1,
+                    ) from err
+                # Jitter, so the transactions that collided do not collide again.
+                await asyncio.sleep(random.uniform(0.005, 0.02 * 2**attempt))
+        raise AssertionError("unreachable: the loop returns or raises")
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -148,6 +214,15 @@ class Database:
         await self._writer.dispose()
         if self._reader is not self._writer:
             await self._reader.dispose()
+
+
+def _sqlstate(err: DBAPIError) -> str | None:
+    """The SQLSTATE of a driver error (asyncpg's, as SQLAlchemy wraps it)."""
+    for candidate in (err.orig, getattr(err.orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
 
 
 async def one_at_a_time(conn: AsyncConnection, key: int) -> None:
