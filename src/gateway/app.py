@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.auth import note_node_seen
 from gateway.db.database import Database
 from gateway.deident_jobs import DEIDENT_JOBS
 from gateway.export_jobs import job_runner_context
@@ -19,6 +20,7 @@ from gateway.memberships import daily_recompute
 from gateway.middleware import problem_middleware
 from gateway.resources import (
     admin_nodes,
+    admin_page,
     analytics,
     batches,
     changes,
@@ -28,12 +30,14 @@ from gateway.resources import (
     facility_reports,
     health,
     hmis_exports,
+    metrics,
     outreach_items,
     quality_snapshots,
     registry,
     risk_scores,
 )
 from gateway.settings import Settings
+from observability.metrics import request_metrics
 from shared.encoding import Limits
 
 log = logging.getLogger("gateway")
@@ -43,6 +47,13 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
+    r.add_get("/metrics", metrics.metrics)
+    r.add_get("/admin", admin_page.page)
+    r.add_post("/admin/login", admin_page.login)
+    r.add_post("/admin/logout", admin_page.logout)
+    r.add_get("/admin/login", admin_page.to_page)
+    r.add_get("/admin/logout", admin_page.to_page)
+    r.add_get(f"{PREFIX}/admin/overview", admin_page.overview)
     r.add_post(f"{PREFIX}/admin/nodes", admin_nodes.enroll)
     r.add_get(f"{PREFIX}/admin/nodes/{{nodeId}}", admin_nodes.read)
     r.add_delete(f"{PREFIX}/admin/nodes/{{nodeId}}", admin_nodes.revoke)
@@ -91,7 +102,10 @@ def add_routes(app: web.Application) -> None:
 
 def create_app(settings: Settings, clock: Clock = system_clock) -> web.Application:
     # aiohttp refuses larger bodies itself; we translate its 413 into our problem.
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    # request_metrics comes first (outermost): it counts the problems rendered.
+    app = web.Application(
+        middlewares=[request_metrics, problem_middleware], client_max_size=settings.max_body_bytes
+    )
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[WRITES] = set()
@@ -100,6 +114,8 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> web.Applicati
         max_depth=settings.max_nesting_depth,
         max_items=settings.max_batch_items,
     )
+    metrics.install_metrics(app)
+    app.on_response_prepare.append(note_node_seen)  # last seen, clock offset (gateway.auth)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(job_runner_context((HMIS_JOBS, DEIDENT_JOBS)))
     app.cleanup_ctx.append(_purge_expired_keys)

@@ -22,6 +22,20 @@ within a second.
 
 Several writers need PostgreSQL (row locks serialise them); on SQLite the
 store has one writer, and ``check_workers`` refuses more than one worker.
+
+systemd. The parent is the unit's main process (``NotifyAccess=main``). It
+gives the workers a notify socket of its own (``observability.sdnotify.
+ChildNotifications``): each worker says READY=1 when it listens and WATCHDOG=1
+while its store answers, exactly as a single gateway process tells systemd.
+The parent says READY=1 once all N workers are ready, and WATCHDOG=1 only
+while every worker keeps pinging (one starting again gets a grace period): a
+wedged worker stops the pings and systemd restarts the whole unit.
+
+Metrics. A scrape of ``/metrics`` reaches one worker at random, so the
+workers count in prometheus_client's multiprocess mode: the parent makes a
+directory for this run (``observability.metrics.multiprocess_directory``)
+and passes it in ``PROMETHEUS_MULTIPROC_DIR`` to the workers, which sum the
+files of all of them when scraped (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -45,6 +59,8 @@ from aiohttp import web
 from sqlalchemy import make_url
 
 from gateway.settings import Settings
+from observability.metrics import multiprocess_directory
+from observability.sdnotify import ChildNotifications, Notifier
 from shared.errors import ValidationFailed
 
 log = logging.getLogger("gateway.workers")
@@ -139,6 +155,9 @@ class Supervisor:
         self._due: dict[int, float] = {}  # worker number -> when to start it again
         self._restarts: collections.deque[float] = collections.deque()
         self._stopping = False
+        # systemd notifies us; the workers notify us (module docstring, "systemd")
+        self._notifier = Notifier.from_environ()
+        self._notifications = ChildNotifications(self._notifier)
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (0) or until workers die too often (1)."""
@@ -146,12 +165,15 @@ class Supervisor:
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT)
         }
+        self._notifications.open(os.environ)  # before the workers start: they inherit it
         try:
             for number in range(1, self._settings.workers + 1):
                 self._start(number)
             status = self._supervise()
         finally:
+            self._notifier.stopping(f"stopping {len(self._workers)} workers")
             self._stop_all()
+            self._notifications.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return status
@@ -168,19 +190,26 @@ class Supervisor:
         )
         process.start()
         self._workers[number] = process
+        assert process.pid is not None
+        self._notifications.add(process.pid)
 
     def _supervise(self) -> int:
         while not self._stopping:
             sentinels = [p.sentinel for p in self._workers.values()]
-            multiprocessing.connection.wait(sentinels, timeout=0.2)
+            notifications = self._notifications.fileno()
+            waits = sentinels if notifications is None else [*sentinels, notifications]
+            multiprocessing.connection.wait(waits, timeout=0.2)
             if self._stopping:
                 break
+            self._notifications.receive()
             now = time.monotonic()
             for number, process in list(self._workers.items()):
                 if process.is_alive():
                     continue
                 del self._workers[number]
                 process.join()
+                if process.pid is not None:
+                    self._notifications.remove(process.pid)
                 log.warning("worker %d (pid %s) exited: %s", number, process.pid, process.exitcode)
                 while self._restarts and self._restarts[0] < now - self._restart_window:
                     self._restarts.popleft()
@@ -199,6 +228,11 @@ class Supervisor:
                     del self._due[number]
                     log.info("starting worker %d again", number)
                     self._start(number)
+            self._notifications.report(
+                self._settings.workers,
+                f"{self._settings.workers} workers serving "
+                f"http://{self._settings.host}:{self._settings.port}",
+            )
         return 0
 
     def _stop_all(self) -> None:
@@ -222,6 +256,8 @@ def serve_workers(serve: Serve, settings: Settings) -> int:
     try:
         port = reservation.getsockname()[1]
         log.info("serving http://%s:%d with %d workers", settings.host, port, settings.workers)
-        return Supervisor(serve, replace(settings, port=port)).run()
+        with multiprocess_directory() as metrics_dir:  # before the workers start
+            log.info("workers' metrics in %s", metrics_dir)
+            return Supervisor(serve, replace(settings, port=port)).run()
     finally:
         reservation.close()

@@ -22,6 +22,7 @@ from gateway.outreach import Scope, Source, apply_transitions, lock_items
 from gateway.refusals import RefusedWrite, record_refused
 from gateway.registry import Node
 from gateway.reports import store_report, verified_report
+from gateway.resources.metrics import record_batch
 from gateway.risk_scores import Origin, submit_override
 from shared.errors import ItemCode, OutOfScope, PhsError, ValidationFailed
 from shared.fsm import Transition
@@ -43,11 +44,17 @@ async def submit(request: web.Request) -> web.Response:
     if validate_key(request.headers.get("Idempotency-Key")) != batch.batch_id:
         raise ValidationFailed("Idempotency-Key must be the batchId", field="Idempotency-Key")
 
+    written: list[list[dict[str, Any]]] = []  # the results of this request's own write
+
     async def write(conn: AsyncConnection) -> Reply:
         results = await apply_batch(conn, node, batch.batch_id, batch.items, raw_items, request)
+        written.append(results)
         return Reply(200, {"batchId": batch.batch_id, "results": results})
 
-    return await run_write(request, f"node:{node.node_id}", body, write)
+    response = await run_write(request, f"node:{node.node_id}", body, write)
+    if written:  # committed (run_write raises otherwise); a replayed answer is not counted
+        record_batch(request, batch.items, written[-1])
+    return response
 
 
 async def apply_batch(
