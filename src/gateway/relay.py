@@ -49,6 +49,7 @@ from gateway.db.database import Database
 from gateway.db.schema import events
 from gateway.events import event_document
 from gateway.settings import Settings
+from observability.sdnotify import Notifier
 from shared.encoding import JSON, encode
 from shared.errors import ServiceUnavailable, ValidationFailed
 from shared.values import format_timestamp
@@ -481,8 +482,14 @@ class EventRelay:
 
     # -- the loop
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Relay until ``stop`` is set; then finish the round and disconnect."""
+    async def run(self, stop: asyncio.Event, notifier: Notifier | None = None) -> None:
+        """Relay until ``stop`` is set; then finish the round and disconnect.
+
+        ``notifier`` (systemd): READY=1 after the first round, published or
+        not (the relay waits out outages; a bad configuration fails before),
+        and a STATUS line whenever the relay's state changes."""
+        notifier = notifier or Notifier()
+        told: str | None = None  # the STATUS last sent
         next_progress = asyncio.get_running_loop().time() + PROGRESS_LOG_SECONDS
         try:
             while not stop.is_set():
@@ -491,8 +498,10 @@ class EventRelay:
                 except ServiceUnavailable as err:
                     delay = self.backoff.next()
                     log.warning("relay: %s; retrying in %.1f s", err.detail, delay)
+                    told = _tell(notifier, told, f"waiting: {err.detail}")
                     await _wait(stop, delay)
                     continue
+                told = _tell(notifier, told, f"publishing to stream {self.config.stream}")
                 self.backoff.reset()
                 now = asyncio.get_running_loop().time()
                 if now >= next_progress:
@@ -521,6 +530,15 @@ class EventRelay:
             total += count
             if count == 0:
                 return total
+
+
+def _tell(notifier: Notifier, told: str | None, status: str) -> str:
+    """READY=1 with the first status, then each change of it; returns it."""
+    if told is None:
+        notifier.ready(status)
+    elif status != told:
+        notifier.status(status)
+    return status
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
