@@ -833,7 +833,8 @@ async def test_no_usable_interface_serves_without_discovery(
 
 
 async def edgenode_run(data_dir: Path, *args: str) -> tuple[str, str]:
-    """``edgenode run --port 0`` until it answers /healthz, then SIGTERM: its output."""
+    """``edgenode run --port 0`` until it answers /healthz, then SIGTERM: its
+    stdout (its log, JSON lines: docs/logging.md) and stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -852,8 +853,13 @@ async def edgenode_run(data_dir: Path, *args: str) -> tuple[str, str]:
     )
     assert process.stdout is not None and process.stderr is not None
     try:
-        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        line, match = "", None
+        async with asyncio.timeout(30):
+            for _ in range(100):  # log lines may come before "Running on"
+                line += (await process.stdout.readline()).decode()
+                match = re.search(r"Running on http://127\.0\.0\.1:(\d+)", line)
+                if match:
+                    break
         assert match, line
         port = int(match.group(1))
         assert port != 0  # the bound port, not the one asked for
@@ -889,8 +895,8 @@ async def test_edgenode_run_binds_port_0_and_takes_interface_flags(tmp_path: Pat
     )
     assert await init.wait() == 0
     # An interface that does not exist: discovery is off, with the reason; tablets served.
-    _, err = await edgenode_run(data, "--interface", "no-such-if0", "--interface", "10.9.9.9")
-    assert "LAN discovery is off: no interface or local address named" in err
-    assert "10.9.9.9" in err and "no-such-if0" in err
-    _, err = await edgenode_run(data, "--interface", "no-such-if0", "--no-discovery")
-    assert "discovery" not in err
+    out, _ = await edgenode_run(data, "--interface", "no-such-if0", "--interface", "10.9.9.9")
+    assert "LAN discovery is off: no interface or local address named" in out
+    assert "10.9.9.9" in out and "no-such-if0" in out
+    out, _ = await edgenode_run(data, "--interface", "no-such-if0", "--no-discovery")
+    assert "discovery" not in out

@@ -59,7 +59,8 @@ def test_restarts_are_bounded(tmp_path: Path) -> None:
     assert len((tmp_path / "starts").read_text().splitlines()) == 3  # the first and 2 restarts
 
 
-ACCESS = re.compile(r"worker (\d+) \(pid \d+\): aiohttp\.access .*GET /readyz")
+# An access log line of a worker (JSON, docs/logging.md): which worker answered.
+ACCESS = re.compile(r'"logger":"aiohttp\.access","message":"GET /readyz 200".*"worker":(\d+)')
 
 
 async def readyz(port: int) -> int:

@@ -312,7 +312,9 @@ async def test_four_processes_and_eight_nodes(tmp_path: Path) -> None:
             await gateway.kill_all()
             raise
         assert not [s for s in run.statuses if s >= 500], (run.statuses, gateway.output())
-        errors = [line for line in gateway.lines if " ERROR " in line or "Traceback" in line]
+        errors = [
+            line for line in gateway.lines if '"level":"ERROR"' in line or "Traceback" in line
+        ]
         assert not errors, "\n".join(gateway.lines)
         await check_store(url, run, initial)
 

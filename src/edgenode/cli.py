@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from edgenode.settings import CONFIG_NAME, EdgeSettings, load_edge_settings
 from edgenode.status import collect_problems, collect_refused_writes, collect_status
 from edgenode.store.database import EdgeDatabase
 from edgenode.sync import Forwarder, Puller
+from observability.logs import FORMATS, configure_logging, log_format
 from shared.errors import PhsError, ValidationFailed
 from shared.periods import period_from_key, zone
 from shared.signing import fingerprint
@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML settings file (default DATA_DIR/edgenode.toml)")
     common.add_argument("--data-dir", help="directory of the key, config and database")
+    common.add_argument(
+        "--log-format", choices=FORMATS, help="json or text (default json for run, else text)"
+    )
     parser = argparse.ArgumentParser(
         prog="edgenode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -143,6 +146,7 @@ def _load(args: argparse.Namespace) -> EdgeSettings:
             "port": getattr(args, "port", None),
             "interfaces": getattr(args, "interface", None),
             "discovery": False if getattr(args, "no_discovery", False) else None,
+            "log_format": args.log_format,
         },
     )
     if not settings.node_id:
@@ -283,11 +287,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init":
             return init(args)
         settings = _load(args)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        # JSON lines on stdout for the service (journald); text on stderr for
+        # the one-shot commands, whose stdout is their answer (docs/logging.md).
+        service = args.command == "run"
+        configure_logging(
+            settings.log_level,
+            log_format(settings.log_format, service),
+            stream=sys.stdout if service else sys.stderr,
         )
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # no schema chatter per command
-        if args.command == "run":
+        if service:
             app = create_app(settings, load_key(settings.key_path))
             asyncio.run(serve(app, settings.host, settings.port))
             return 0

@@ -69,10 +69,13 @@ def read_change(change: Mapping[str, Any]) -> ServerChange | None:
     is not JSON. Pure."""
     aggregate, entity_id, op = change.get("aggregate"), change.get("id"), change.get("op")
     if not (isinstance(aggregate, str) and aggregate and isinstance(entity_id, str) and entity_id):
-        log.warning("change-feed entry without aggregate or id skipped: %.200r", change)
+        # Never the entry itself: its data may be a registry entry (PHI).
+        log.warning(
+            "change-feed entry without aggregate or id skipped (seq %.40r)", change.get("seq")
+        )
         return None
     if op not in (UPSERT, DELETE):
-        log.warning("change-feed entry with op %.40r skipped: %.200r", op, change)
+        log.warning("change-feed entry %s/%s with op %.40r skipped", aggregate, entity_id, op)
         return None
     data = change.get("data")
     try:

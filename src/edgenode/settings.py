@@ -75,6 +75,11 @@ class EdgeSettings:
         30, "How often the node re-reads its addresses and re-announces when they changed."
     )
     log_level: str = setting("INFO", "Python logging level.")
+    log_format: str = setting(
+        "",
+        "Log lines: json (one object per line) or text; empty: json for the services "
+        "(run), text for the one-shot commands (docs/logging.md).",
+    )
 
     @property
     def data_path(self) -> Path:

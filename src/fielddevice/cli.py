@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -50,6 +49,7 @@ from fielddevice.service import serve
 from fielddevice.settings import CONFIG_NAME, CONFIG_TABLE, FieldSettings, load_field_settings
 from fielddevice.simulate import MODES, SimOptions, Simulation, SimulationFailed
 from fielddevice.store import FieldStore
+from observability.logs import FORMATS, configure_logging, log_format
 from shared.errors import CohortInvalid, PhsError, ValidationFailed
 from shared.signing import fingerprint
 from shared.values import identifier, parse_timestamp
@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help=f"TOML settings file (default DATA_DIR/{CONFIG_NAME})")
     common.add_argument("--data-dir", help="directory of the key, config and database")
+    common.add_argument(
+        "--log-format", choices=FORMATS, help="json or text (default json for serve, else text)"
+    )
     lan = argparse.ArgumentParser(add_help=False)
     lan.add_argument(
         "--interface",
@@ -177,6 +180,7 @@ def _load(args: argparse.Namespace) -> FieldSettings:
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
         "interfaces": getattr(args, "interface", None),
+        "log_format": args.log_format,
     }
     if getattr(args, "no_discovery", False):
         overrides["discovery"] = False
@@ -420,8 +424,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init":
             return init(args)
         settings = _load(args)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        # JSON lines on stdout for serve (journald); text on stderr for the
+        # other commands, whose stdout is their JSON answer (docs/logging.md).
+        service = args.command == "serve"
+        configure_logging(
+            settings.log_level,
+            log_format(settings.log_format, service),
+            stream=sys.stdout if service else sys.stderr,
         )
         if args.command == "simulate":
             return asyncio.run(simulate(settings, args))

@@ -300,7 +300,10 @@ def server_record(obj: Any) -> dict[str, Any] | None:
         except (TypeError, ValueError):
             readable = False
     if not readable:
-        log.warning("server-data record skipped: %.200r", obj)
+        # Never the record itself: its data may be a registry entry (PHI).
+        log.warning(
+            "server-data record %.60r/%.130r (seq %.40r) skipped", aggregate, entity_id, seq
+        )
         return None
     return {"aggregate": aggregate, "id": entity_id, "op": op, "data": data, "seq": seq}
 

@@ -34,9 +34,11 @@ from fielddevice.finder import (
 )
 from fielddevice.gather_api import create_gather_app
 from lan.advertiser import Advertiser
+from observability.logs import lifecycle
 from shared.discovery import FIELD_SERVICE, field_properties
 
 log = logging.getLogger("fielddevice.service")
+announce = lifecycle("fielddevice.serve")  # start and stop, written at any log_level
 ANNOUNCE_POLL_SECONDS = 1.0
 
 
@@ -166,14 +168,14 @@ async def serve(device: FieldDevice, push: bool = True) -> int:
         if watch is not None:
             await watch.start()
         advert = runtime.advertiser.name if runtime.advertiser else None
-        print(
-            f"phs-field: device {device.device_id} serving on {settings.host}:{runtime.port}; "
-            + (
-                f"advertised as {advert} on {', '.join(runtime.advertised_on)}"
-                if advert
-                else f"not advertised ({why})"
-            ),
-            flush=True,
+        announce.info(
+            "device %s serving on %s:%d; %s",
+            device.device_id,
+            settings.host,
+            runtime.port,
+            f"advertised as {advert} on {', '.join(runtime.advertised_on)}"
+            if advert
+            else f"not advertised ({why})",
         )
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while not stop.is_set():
@@ -189,5 +191,5 @@ async def serve(device: FieldDevice, push: bool = True) -> int:
         await runtime.stop()
         if zc is not None:
             await zc.async_close()
-    print(f"phs-field: device {device.device_id} stopped; advert withdrawn", flush=True)
+    announce.info("device %s stopped; advert withdrawn", device.device_id)
     return 0

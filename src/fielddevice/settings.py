@@ -43,6 +43,11 @@ class FieldSettings:
     request_timeout_seconds: int = setting(30, "Timeout of one request to the edge.")
     clock_skew_seconds: int = setting(300, "Allowed skew of the edge's signed gather request.")
     log_level: str = setting("INFO", "Python logging level.")
+    log_format: str = setting(
+        "",
+        "Log lines: json (one object per line) or text; empty: json for the services "
+        "(serve), text for the one-shot commands (docs/logging.md).",
+    )
 
     @property
     def data_path(self) -> Path:

@@ -116,6 +116,11 @@ class Settings:
         0.05, "Largest share of rows a de-identified extract may suppress; more blocks it."
     )
     log_level: str = setting("INFO", "Python logging level.")
+    log_format: str = setting(
+        "",
+        "Log lines: json (one object per line) or text; empty: json for the services "
+        "(serve, relay), text for the one-shot commands (docs/logging.md).",
+    )
 
     def sqlalchemy_url(self) -> str:
         if self.database_url:

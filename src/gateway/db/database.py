@@ -76,7 +76,11 @@ SQLITE_PRAGMAS = (
 
 
 def _sqlite_engine(url: str, begin: str, pool_size: int) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=300)
+    # hide_parameters: a database error's text (logged with its traceback)
+    # names the statement but never the bound values: patient data (docs/logging.md).
+    engine = create_async_engine(
+        url, pool_size=pool_size, max_overflow=0, pool_timeout=300, hide_parameters=True
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -119,7 +123,7 @@ class Database:
             self._reader = _sqlite_engine(url, "BEGIN", pool_size=4)
         else:
             self._writer = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_overflow
+                url, pool_size=pool_size, max_overflow=pool_overflow, hide_parameters=True
             )
             self._reader = self._writer
         self._write_lock: AbstractAsyncContextManager[Any] = (
