@@ -138,7 +138,9 @@ def test_malleated_signature_refused(seed: str, public: str, message: str, signa
     assert s_plus_l < 2**256
     with pytest.raises(BadSignature):
         verify_signature(
-            bytes.fromhex(public), bytes.fromhex(message), sig[:32] + s_plus_l.to_bytes(32, "little")
+            bytes.fromhex(public),
+            bytes.fromhex(message),
+            sig[:32] + s_plus_l.to_bytes(32, "little"),
         )
 
 
