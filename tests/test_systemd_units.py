@@ -1,4 +1,5 @@
-"""The systemd units in systemd/: their key properties, and ``systemd-analyze verify``.
+"""The systemd units in systemd/: their key properties, ``systemd-analyze verify``
+and ``systemd-analyze security`` (the exposure each unit must stay under).
 
 The properties are read by a small parser of the unit files (keys may repeat,
 so configparser does not fit). ``systemd-analyze`` (Debian package
@@ -62,6 +63,8 @@ class Expected:
     state_directory: str
     command: str
     families: frozenset[str]
+    watchdog: str  # WatchdogSec=
+    max_exposure: float  # systemd-analyze security's overall figure (issue 7)
 
 
 EDGE = Expected(
@@ -72,6 +75,8 @@ EDGE = Expected(
     "--data-dir /var/lib/edgenode",
     # AF_NETLINK: zeroconf lists the interfaces to join mDNS multicast on each
     families=frozenset({"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}),
+    watchdog="60s",  # a Pi's SD card can stall for seconds
+    max_exposure=2.0,
 )
 GATEWAY = Expected(
     file="phs-gateway.service",
@@ -80,6 +85,8 @@ GATEWAY = Expected(
     command="/opt/phs-sync/.venv/bin/phs-gateway serve --config /etc/phs-sync/gateway.toml "
     "--data-dir /var/lib/phs-gateway",
     families=frozenset({"AF_UNIX", "AF_INET", "AF_INET6"}),
+    watchdog="30s",
+    max_exposure=2.5,
 )
 RELAY = Expected(
     file="phs-gateway-relay.service",
@@ -89,6 +96,8 @@ RELAY = Expected(
     command="/opt/phs-sync/.venv/bin/phs-gateway relay --config /etc/phs-sync/gateway.toml "
     "--data-dir /var/lib/phs-gateway",
     families=frozenset({"AF_UNIX", "AF_INET", "AF_INET6"}),
+    watchdog="30s",
+    max_exposure=2.5,
 )
 EVERY_UNIT = pytest.mark.parametrize("expected", [EDGE, GATEWAY, RELAY], ids=lambda e: e.file)
 
@@ -105,6 +114,13 @@ HARDENING_ON = (
     "LockPersonality",
     "MemoryDenyWriteExecute",
     "RestrictRealtime",
+    "ProtectClock",
+    "ProtectHostname",
+    "RestrictSUIDSGID",
+    "RemoveIPC",
+    "PrivateIPC",
+    "PrivateMounts",
+    "PrivateUsers",
 )
 
 
@@ -148,8 +164,31 @@ def test_unit_is_hardened(expected: Expected) -> None:
         assert one(unit, "Service", key) == "yes", key
     assert one(unit, "Service", "CapabilityBoundingSet") == ""  # no capabilities at all
     assert one(unit, "Service", "SystemCallArchitectures") == "native"
+    assert one(unit, "Service", "ProtectProc") == "invisible"
+    assert one(unit, "Service", "ProcSubset") == "pid"
     families = one(unit, "Service", "RestrictAddressFamilies").split()
     assert frozenset(families) == expected.families
+
+
+@EVERY_UNIT
+def test_unit_is_type_notify_with_a_watchdog(expected: Expected) -> None:
+    # READY=1 once serving, WATCHDOG=1 every WatchdogSec/2 (observability.sdnotify);
+    # only the main process notifies (serve --workers: the supervisor speaks for all)
+    unit = load(expected)
+    assert one(unit, "Service", "Type") == "notify"
+    assert one(unit, "Service", "NotifyAccess") == "main"
+    assert one(unit, "Service", "WatchdogSec") == expected.watchdog
+
+
+def test_edge_unit_leaves_zeroconf_its_network() -> None:
+    """Multicast DNS needs the host's network, every address and netlink to list
+    the interfaces: no private network, no IP allow list on the edge node."""
+    service = load(EDGE)["Service"]
+    for key in ("PrivateNetwork", "IPAddressDeny", "IPAddressAllow", "RestrictNetworkInterfaces"):
+        assert key not in service, key
+    assert {"AF_NETLINK", "AF_INET", "AF_INET6"} <= set(
+        one(load(EDGE), "Service", "RestrictAddressFamilies").split()
+    )
 
 
 @EVERY_UNIT
@@ -198,11 +237,10 @@ def test_systemd_analyze_verify_accepts_the_unit(expected: Expected, tmp_path: P
     assert about_us == []
 
 
-@needs_systemd_analyze
-@EVERY_UNIT
-def test_systemd_analyze_security_rates_the_sandbox_ok(expected: Expected, tmp_path: Path) -> None:
+def overall_exposure(expected: Expected, directory: Path) -> float:
+    """``systemd-analyze security --offline=yes`` on (a runnable copy of) the unit."""
     assert SYSTEMD_ANALYZE is not None
-    copy = _runnable_copy(expected, tmp_path)
+    copy = _runnable_copy(expected, directory)
     result = subprocess.run(
         [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(copy)],
         capture_output=True,
@@ -210,9 +248,17 @@ def test_systemd_analyze_security_rates_the_sandbox_ok(expected: Expected, tmp_p
         timeout=60,
         check=False,
     )
-    if "--offline" in result.stderr:
-        pytest.skip("systemd-analyze security --offline needs systemd 250 or newer")
+    if "--offline" in result.stderr:  # before systemd 250 it needs a running systemd
+        pytest.skip(f"this systemd-analyze has no --offline: {result.stderr.strip()}")
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
-    # 0 is a perfect sandbox, 10 none; ours is 1.4-1.5 (network services need sockets)
-    assert float(match.group(1)) <= 2.0
+    return float(match.group(1))
+
+
+@needs_systemd_analyze
+@EVERY_UNIT
+def test_systemd_analyze_security_rates_the_sandbox_ok(expected: Expected, tmp_path: Path) -> None:
+    # 0 is a perfect sandbox, 10 none; issue 7 asks for at most 2.0 on the edge
+    # node and 2.5 on the gateway's units. Ours measure 1.1 each on systemd 252
+    # (docs/deployment.md): network services keep their sockets and the host's network.
+    assert overall_exposure(expected, tmp_path) <= expected.max_exposure
