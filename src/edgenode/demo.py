@@ -5,14 +5,20 @@ the node with the command ``edgenode init`` prints, pairs field devices
 (``fielddevice``, each with its own key and queue) with one-time codes, lets
 them work offline-style (outreach transitions with real conflicts,
 encounters), has the edge sign a weekly facility report, and waits until the
-edge has forwarded everything. All figures printed are read back from the
-services.
+edge has forwarded everything. It ends with a summary whose every figure is
+read back from the services, and the edge's status page URL, checked to
+answer from this host; then it keeps the services up until Ctrl-C when run
+from a terminal (``--exit``, or no terminal, stops at once).
+
+The services' logs go to files under the data directory (paths printed); the
+console shows numbered steps and progress.
 
 LAN discovery needs multicast. When it can (root and ``ip``), the demo runs
 inside a private network namespace standing in for the office LAN, so no
 mDNS packet touches a real network: the tablets find the edge by its advert
-and the last one is gathered by the edge. Otherwise it says so and the
-tablets use the edge's configured address.
+and the last one is gathered by the edge. The host reaches the edge's status
+page through a port on its own loopback (``demo_host.HostWindow``).
+Otherwise it says so and the tablets use the edge's configured address.
 """
 
 from __future__ import annotations
@@ -22,40 +28,46 @@ import asyncio
 import json
 import os
 import random
+import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 
-from edgenode.demo_tablets import LAN_INTERFACE, DemoTablets
+from edgenode.demo_host import HostWindow
+from edgenode.demo_output import Console, Figures
+from edgenode.demo_tablets import LAN_INTERFACE, DemoTablets, record_offline_work
 from fielddevice.device import FieldDevice
 from gateway.http import PREFIX
 from lan import namespace
-from shared.periods import PeriodType, previous_period, utc_bounds, zone
-from shared.values import format_timestamp
+from shared.periods import zone
 
 TENANT = "district-1"
 FACILITY = "f-001"
 NODE_ID = "edge-01"
 TIME_ZONE = "Africa/Nairobi"
+STEPS = 8
 FOUND = {
     "discovery": "it found over mDNS (fp checked)",
     "configured": "at its configured address",
     "flag": "at the address given",
 }
+PAIRING_CODE = re.compile(r"^[0-9A-Z]{5}-[0-9A-Z]{5}$")
+LOG_TAIL_LINES = 20
+# The one-shot commands' own logs stay quiet: their stdout is read by the demo.
+QUIET = {"PHS_EDGE_LOG_LEVEL": "WARNING", "PHS_GATEWAY_LOG_LEVEL": "WARNING"}
 
-
-def say(message: str) -> None:
-    print(message, flush=True)
+console = Console(STEPS)
 
 
 def free_port() -> int:
@@ -64,16 +76,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cli(*args: str, env: Mapping[str, str] | None = None) -> str:
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    env.pop("NOTIFY_SOCKET", None)  # the demo's services are not systemd's
+    return env
+
+
+def cli(*args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=child_env(QUIET)
     )
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args[:2])} failed: {done.stderr.strip()}")
     return done.stdout.strip()
+
+
+def flags(**values: str) -> list[str]:
+    """``--node-id X --data-dir Y`` from ``node_id=X, data_dir=Y``."""
+    return [arg for name, value in values.items() for arg in (f"--{name.replace('_', '-')}", value)]
+
+
+def json_document(printed: str) -> Any:
+    """The indented JSON document in a command's output (from a line ``{``
+    to the next line ``}``)."""
+    lines = printed.splitlines()
+    start = lines.index("{")
+    return json.loads("\n".join(lines[start : lines.index("}", start) + 1]))
 
 
 async def wait_until(session: aiohttp.ClientSession, url: str, what: str) -> None:
@@ -90,87 +118,100 @@ async def wait_until(session: aiohttp.ClientSession, url: str, what: str) -> Non
 
 
 class Demo:
-    def __init__(self, data_dir: Path, items: int, tablets: int, discovery: bool) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        items: int,
+        tablets: int,
+        discovery: bool,
+        window: HostWindow,
+    ) -> None:
         self.data_dir = data_dir
         self.discovery = discovery
         self.items = items
         self.tablet_count = tablets
+        self.window = window
         self.gw_dir = data_dir / "gateway"
         self.edge_dir = data_dir / "edge"
         self.gateway = f"http://127.0.0.1:{free_port()}"
         self.edge = f"http://127.0.0.1:{free_port()}"
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
         self.rng = random.Random(47)
         self.admin = ""
-        self.service = ""
+
+    # -- processes -------------------------------------------------------------
 
     def start(self, name: str, args: list[str], env: Mapping[str, str]) -> None:
-        log = open(self.data_dir / f"{name}.log", "wb")
-        self.processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **env},
+        path = self.data_dir / f"{name}.log"
+        self.logs.append(path)
+        with open(path, "wb") as log:
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", *args],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=child_env(env),
+                    # Ctrl-C in the terminal reaches the demo only; it stops these.
+                    start_new_session=True,
+                )
             )
-        )
 
     def stop(self) -> None:
-        for process in self.processes:
+        for process in reversed(self.processes):  # the edge before its gateway
             process.terminate()
-        for process in self.processes:
-            process.wait(timeout=15)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def show_logs(self, out: IO[str] = sys.stderr) -> None:
+        """On failure: the end of each service's log, and where the rest is."""
+        for path in self.logs:
+            lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            print(f"--- last {len(lines)} lines of {path}", file=out)
+            print("\n".join(lines), file=out)
+
+    # -- the steps ---------------------------------------------------------------
 
     def set_up(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
-        gw_port = self.gateway.rsplit(":", 1)[1]
-        say(f"[1/8] gateway on SQLite ({self.gw_dir}/gateway.db) at {self.gateway}")
-        self.admin = cli(
-            "gateway.cli",
-            "create-token",
-            "--tenant",
-            TENANT,
-            "--role",
-            "admin",
-            "--data-dir",
-            str(self.gw_dir),
-        )
-        self.service = cli(
-            "gateway.cli",
-            "create-token",
-            "--tenant",
-            TENANT,
-            "--role",
-            "service",
-            "--data-dir",
-            str(self.gw_dir),
-        )
+        console.step(f"starting the gateway (the WAN side) on SQLite at {self.gateway}")
+        self.admin = self.create_token("admin")
         self.start(
             "gateway",
-            ["gateway.cli", "serve", "--data-dir", str(self.gw_dir), "--port", gw_port],
+            ["gateway.cli", "serve", *flags(data_dir=str(self.gw_dir), port=_port(self.gateway))],
             {},
         )
-        say(f"[2/8] edge node {NODE_ID}: edgenode init, then the enrollment it prints")
+        console.info(f"database {self.gw_dir}/gateway.db; an admin token made (create-token)")
+        console.step(f"setting up edge node {NODE_ID}: edgenode init, then the enrollment")
         printed = cli(
             "edgenode.cli",
             "init",
-            "--node-id",
-            NODE_ID,
-            "--tenant",
-            TENANT,
-            "--facility",
-            FACILITY,
-            "--gateway-url",
-            self.gateway,
-            "--time-zone",
-            TIME_ZONE,
-            "--data-dir",
-            str(self.edge_dir),
+            *flags(
+                node_id=NODE_ID,
+                tenant=TENANT,
+                facility=FACILITY,
+                gateway_url=self.gateway,
+                time_zone=TIME_ZONE,
+                data_dir=str(self.edge_dir),
+            ),
         )
-        enroll = next(line for line in printed.splitlines() if "enroll-node" in line)
+        lines = printed.splitlines()
+        enroll = next(line for line in lines if "enroll-node" in line)
         cli("gateway.cli", *shlex.split(enroll.strip())[1:], "--data-dir", str(self.gw_dir))
-        say(f"      {printed.splitlines()[1]}; enrolled at the gateway")
+        key = next(line for line in lines if line.startswith("fingerprint"))
+        console.info(f"key {key}; enrolled at the gateway for {TENANT}/{FACILITY}")
+
+    def create_token(self, role: str) -> str:
+        printed = cli(
+            "gateway.cli",
+            "create-token",
+            *flags(tenant=TENANT, role=role, data_dir=str(self.gw_dir)),
+        )
+        return next(line for line in printed.splitlines() if line.startswith("phs_"))
 
     def start_edge(self) -> None:
         self.start(
@@ -178,13 +219,8 @@ class Demo:
             [
                 "edgenode.cli",
                 "run",
-                "--data-dir",
-                str(self.edge_dir),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                self.edge.rsplit(":", 1)[1],
-                *(["--interface", LAN_INTERFACE] if self.discovery else ["--no-discovery"]),
+                *flags(data_dir=str(self.edge_dir), host="127.0.0.1", port=_port(self.edge)),
+                *(flags(interface=LAN_INTERFACE) if self.discovery else ["--no-discovery"]),
             ],
             {
                 "PHS_EDGE_PULL_INTERVAL_SECONDS": "1",
@@ -195,26 +231,30 @@ class Demo:
             },
         )
 
-    async def run(self) -> None:
-        tablets = DemoTablets(self.data_dir, self.edge, NODE_ID, self.discovery, say)
+    async def run(self, hold: bool, hold_seconds: float | None) -> None:
+        tablets = DemoTablets(self.data_dir, self.edge, NODE_ID, self.discovery, console.info)
         try:
             async with aiohttp.ClientSession() as session:
                 await wait_until(session, f"{self.gateway}/readyz", "the gateway")
                 await self.import_items(session)
+                console.step(f"starting edge {NODE_ID}, pairing {self.tablet_count} tablets")
                 self.start_edge()
                 await wait_until(session, f"{self.edge}/healthz", "the edge node")
+                console.info(f"edgenode run: tablet API and status page at {self.edge}")
                 devices = await tablets.open(self.tablet_count)
                 await self.pair_tablets(session, tablets, devices)
                 await self.wait_for_items(session, tablets, devices[0])
                 await self.field_work(session, tablets, devices)
                 self.sign_report()
-                await self.wait_for_drain(session)
-                await self.summary(session)
+                await self.wait_for_drain()
+                figures = await self.read_back(session, devices)
+                await self.finish(figures, hold, hold_seconds)
         finally:
             await tablets.close()
+            await self.window.close()
 
     async def import_items(self, session: aiohttp.ClientSession) -> None:
-        say(f"[3/8] importing {self.items} outreach items at the gateway (state assigned)")
+        console.step(f"importing {self.items} outreach items at the gateway (state assigned)")
         headers = {"Authorization": f"Bearer {self.admin}"}
         for n in range(self.items):
             async with session.post(
@@ -230,23 +270,24 @@ class Demo:
             ) as resp:
                 if resp.status != 201:
                     raise SystemExit(f"gateway refused an item: {await resp.text()}")
+            console.progress(f"imported {n + 1}/{self.items} items")
+        console.info(f"imported {self.items}/{self.items} items (POST …/outreach-items)")
 
     async def pair_tablets(
         self, session: aiohttp.ClientSession, tablets: DemoTablets, devices: list[FieldDevice]
     ) -> None:
-        how = "found over mDNS" if self.discovery else "at the configured edge address"
-        say(f"[4/8] pairing {len(devices)} field devices with one-time codes ({how})")
-        for device in devices:
-            code = cli(
-                "edgenode.cli",
-                "pair-device",
-                "--device-id",
-                device.device_id,
-                "--data-dir",
-                str(self.edge_dir),
+        for n, device in enumerate(devices, 1):
+            code = next(
+                line
+                for line in cli(
+                    "edgenode.cli",
+                    "pair-device",
+                    *flags(device_id=device.device_id, data_dir=str(self.edge_dir)),
+                ).splitlines()
+                if PAIRING_CODE.match(line)
             )
             line = await tablets.pair(session, device, code)
-            say(f"      {device.device_id}: code {code}: {line}")
+            console.info(f"{n}/{len(devices)} {device.device_id}: code {code}: {line}")
 
     async def wait_for_items(
         self, session: aiohttp.ClientSession, tablets: DemoTablets, device: FieldDevice
@@ -255,8 +296,12 @@ class Demo:
         while time.monotonic() < deadline:
             await tablets.sync(session, device)
             items = await device.store.items()
+            console.progress(f"{device.device_id} has read {len(items)}/{self.items} items")
             if len(items) >= self.items:
-                say(f"      the edge pulled {len(items)} items from the gateway; tablets read them")
+                console.info(
+                    f"the edge pulled the {len(items)} items from the gateway; "
+                    f"{device.device_id} read them from the edge"
+                )
                 return
             await asyncio.sleep(0.3)
         raise SystemExit("the edge did not pull the items within 30 s")
@@ -264,189 +309,241 @@ class Demo:
     async def field_work(
         self, session: aiohttp.ClientSession, tablets: DemoTablets, devices: list[FieldDevice]
     ) -> None:
-        say("[5/8] tablets record outreach work and encounters offline, then sync")
-        now = datetime.now(UTC)
-        steps_all = [
-            ("assigned", "in_progress"),
-            ("in_progress", "contacted"),
-            ("contacted", "completed"),
-        ]
-        for n in range(self.items):
-            device = devices[n % len(devices)]
-            item = f"oi-{n:04d}"
-            # oi-0000 stops at contacted: a second tablet's report then races it (below).
-            steps = steps_all[:2] if n == 0 else steps_all[: self.rng.choice([1, 2, 3, 3])]
-            for k, (frm, to) in enumerate(steps):
-                await device.record_transition(
-                    item, frm, to, now - timedelta(hours=3 - k), "chw-7", f"{item}-{k}"
-                )
-        # Two tablets visited one patient while offline: the later report wins (LWW).
-        other = devices[1 % len(devices)]
-        await other.record_transition(
-            "oi-0000",
-            "in_progress",
-            "unreachable",
-            now - timedelta(minutes=5),
-            "chw-7",
-            "late-visit",
+        console.step("tablets record outreach work and encounters offline, then sync")
+        self.period = await record_offline_work(
+            devices, self.items, FACILITY, zone(TIME_ZONE), self.rng, datetime.now(UTC)
         )
-        encounters = self.encounters(now)
-        for encounter in encounters:
-            await devices[0].record_encounter(encounter)
-        say(f"      {len(encounters)} encounters recorded on {devices[0].device_id}")
-        gathered = devices[-1] if self.discovery and len(devices) > 1 else None
-        counts: Counter[str] = Counter()
         for device in devices:
+            pending = await device.store.pending_counts()
+            console.info(
+                f"{device.device_id} made {sum(pending.values())} records offline "
+                f"({_plain(pending)})"
+            )
+        gathered = devices[-1] if self.discovery and len(devices) > 1 else None
+        for n, device in enumerate(devices, 1):
             if device is gathered:
                 continue
             summary = await tablets.sync(session, device)
-            counts.update(summary["pushed"]["results"])
-            sent = summary["pushed"]["sent"]
-            say(
-                f"      {device.device_id} pushed {sent['transitions']} transitions and "
-                f"{sent['encounters']} encounters to the edge {FOUND[summary['found']]}"
+            sent, answers = summary["pushed"]["sent"], summary["pushed"]["results"]
+            console.info(
+                f"{n}/{len(devices)} tablets: {device.device_id} pushed "
+                f"{sent['transitions'] + sent['encounters']} records ({sent['transitions']} "
+                f"transitions, {sent['encounters']} encounters) to the edge "
+                f"{FOUND[summary['found']]}; the edge answered {_plain(answers)}"
             )
-        say(f"      edge answers (local): {dict(counts)}")
         if gathered is not None:
             count = await tablets.wait_to_be_gathered(gathered)
-            say(f"      the edge gathered {count} records from {gathered.device_id}")
-
-    def encounters(self, now: datetime) -> list[dict[str, Any]]:
-        tz = zone(TIME_ZONE)
-        self.period = previous_period(now.astimezone(tz).date(), PeriodType.WEEKLY)
-        start, end = utc_bounds(self.period, tz)
-        minutes = int((end - start).total_seconds() // 60)
-        out = []
-        for n in range(300):
-            kind = self.rng.choice(["visit", "screening", "immunization"])
-            out.append(
-                {
-                    "id": f"enc-{n}",
-                    "patientRef": f"p-{self.rng.randrange(120)}",
-                    "facilityId": FACILITY,
-                    "occurredAt": format_timestamp(
-                        start + timedelta(minutes=self.rng.randrange(minutes))
-                    ),
-                    "kind": kind,
-                    "screeningDue": self.rng.random() < 0.4,
-                    "immunizationDue": self.rng.random() < 0.3,
-                }
+            console.info(
+                f"{len(devices)}/{len(devices)} tablets: the edge gathered {count} records "
+                f"from {gathered.device_id}"
             )
-        return out
 
     def sign_report(self) -> None:
-        say(f"[6/8] edgenode report --facility {FACILITY} --period {self.period.key}")
+        console.step(
+            f"the edge signs last week's facility report: edgenode report --facility "
+            f"{FACILITY} --period {self.period.key}"
+        )
         printed = cli(
             "edgenode.cli",
             "report",
-            "--facility",
-            FACILITY,
-            "--period",
-            self.period.key,
-            "--data-dir",
-            str(self.edge_dir),
+            *flags(facility=FACILITY, period=self.period.key, data_dir=str(self.edge_dir)),
         )
-        metrics = json.loads(printed.split("\n", 1)[1])["metrics"]
-        say(f"      signed and queued: {json.dumps(metrics)}")
+        metrics = json_document(printed)["metrics"]
+        console.info(f"signed and queued: {json.dumps(metrics)}")
 
-    async def wait_for_drain(self, session: aiohttp.ClientSession) -> None:
-        say("[7/8] waiting for the edge to forward everything to the gateway")
+    def edge_status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json_document(
+            cli("edgenode.cli", "status", "--data-dir", str(self.edge_dir))
+        )
+        return doc
+
+    async def wait_for_drain(self) -> None:
+        console.step("the edge forwards everything to the gateway (msgpack batches)")
         deadline = time.monotonic() + 60
-        last = -1
         while time.monotonic() < deadline:
-            status = json.loads(cli("edgenode.cli", "status", "--data-dir", str(self.edge_dir)))
-            if status["outboxDepth"] != last:
-                say(
-                    f"      outbox depth {status['outboxDepth']}, open batches "
-                    f"{status['openBatches']}, last forward {status['lastForwardOk']}"
-                )
-                last = status["outboxDepth"]
+            status = self.edge_status()
+            answered = sum(n for k, n in status["gatewayDispositions"].items() if k != "unanswered")
+            console.progress(
+                f"outbox: {status['outboxDepth']} records waiting, {status['openBatches']} "
+                f"batches open; {answered} transitions answered by the gateway"
+            )
             if status["outboxDepth"] == 0:
+                console.info(
+                    f"outbox empty: {answered} transitions and the report forwarded "
+                    f"(last forward {status['lastForwardOk']})"
+                )
                 return
             await asyncio.sleep(0.5)
-        raise SystemExit(
-            f"the edge did not drain its outbox within 60 s; see {self.data_dir}/edge.log"
-        )
+        raise SystemExit(f"the edge did not drain its outbox within 60 s; see {self.logs[-1]}")
 
-    async def summary(self, session: aiohttp.ClientSession) -> None:
-        say("[8/8] what the gateway holds now")
+    async def read_back(
+        self, session: aiohttp.ClientSession, devices: list[FieldDevice]
+    ) -> Figures:
+        console.step("reading back what the tablets, the edge and the gateway hold")
         headers = {"Authorization": f"Bearer {self.admin}"}
         states: Counter[str] = Counter()
+        dispositions: Counter[str] = Counter()
+        history = ""
         for n in range(self.items):
             async with session.get(
                 f"{self.gateway}{PREFIX}/outreach-items/oi-{n:04d}", headers=headers
             ) as resp:
                 item = await resp.json()
             states[item["state"]] += 1
+            dispositions.update(h["disposition"] for h in item["history"])
             if n == 0:
                 history = ", ".join(f"{h['id']} {h['disposition']}" for h in item["history"])
-        say(f"      item states: {dict(states)}")
-        say(f"      oi-0000 history: {history}")
+            console.progress(f"read {n + 1}/{self.items} items from the gateway")
+        console.info(f"two tablets raced on oi-0000; its history at the gateway: {history}")
         async with session.get(
             f"{self.gateway}{PREFIX}/analytics/facility-reports", headers=headers
         ) as resp:
-            for report in (await resp.json())["reports"]:
-                say(
-                    f"      report {report['facilityId']} {report['periodKey']} from "
-                    f"{report['deviceId']}: {json.dumps(report['metrics'])}"
-                )
-        async with session.get(
-            f"{self.gateway}{PREFIX}/events", headers={"Authorization": f"Bearer {self.service}"}
-        ) as resp:
+            reports = (await resp.json())["reports"]
+        async with session.get(f"{self.gateway}{PREFIX}/events", headers=headers) as resp:
             events = (await resp.json())["events"]
-        say(f"      events: {dict(Counter(e['type'] for e in events))}")
-        status = json.loads(cli("edgenode.cli", "status", "--data-dir", str(self.edge_dir)))
-        for seen in status["devicesSeen"]:
-            say(
-                f"      the edge saw {seen['deviceId']} on the LAN at "
-                f"{', '.join(seen['addresses'])}:{seen['port']} (paired: {seen['paired']}, "
-                f"gathered {seen['gatheredRecords']} records)"
+        return Figures(
+            tablets=[await device.status() for device in devices],
+            edge=self.edge_status(),
+            edge_problems=cli("edgenode.cli", "problems", "--data-dir", str(self.edge_dir)),
+            gateway_dispositions=dispositions,
+            gateway_states=states,
+            gateway_reports=reports,
+            gateway_events=Counter(e["type"] for e in events),
+        )
+
+    async def finish(self, figures: Figures, hold: bool, hold_seconds: float | None) -> None:
+        """The summary, then the URLs (each checked from the host), then serve or stop."""
+        edge_url = await self.window.open(f"{self.edge}/")
+        gateway_url = await self.window.open(f"{self.gateway}/readyz")
+        edge_check = await self.window.check_page(edge_url)
+        gateway_check = await self.window.check_page(gateway_url)
+        console.say("")
+        for line in figures.lines():
+            console.say(line)
+        console.say("")
+        console.say(f"Edge status page: {edge_url}  ({edge_check.describe()})")
+        console.say(f"Gateway:          {gateway_url}  ({gateway_check.describe()})")
+        if self.window.host_netns is not None:
+            console.say(
+                "                  (both listen inside the office-LAN namespace; the demo "
+                "forwards these host ports to them)"
             )
-        say(f"done: edge status page was {self.edge}/ ; logs and databases stay in {self.data_dir}")
+        console.say(
+            f"Logs and databases: {self.data_dir}/ ({', '.join(p.name for p in self.logs)})"
+        )
+        if not edge_check.ok:
+            raise SystemExit(f"the edge status page did not load from this host: {edge_check}")
+        if not hold:
+            console.say("stopping the gateway and the edge (--exit, or not run from a terminal)")
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        limit = "" if hold_seconds is None else f" (stopping by itself in {hold_seconds:g} s)"
+        console.say(f"Open {edge_url} — press Ctrl-C to stop{limit}")
+        try:
+            await asyncio.wait_for(stop.wait(), hold_seconds)
+        except TimeoutError:
+            pass
+        console.say("stopping the gateway and the edge")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def _port(url: str) -> str:
+    return url.rsplit(":", 1)[1]
+
+
+def _plain(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {name}" for name, n in counts.items()) or "nothing"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m edgenode.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data-dir", default="demo-data", type=Path)
-    parser.add_argument("--items", default=200, type=int)
-    parser.add_argument("--tablets", default=3, type=int)
+    parser.add_argument("--items", default=200, type=int, help="outreach items (default 200)")
+    parser.add_argument("--tablets", default=3, type=int, help="field devices (default 3)")
     parser.add_argument(
         "--no-discovery", action="store_true", help="tablets use the configured edge address"
     )
+    parser.add_argument(
+        "--exit",
+        action="store_true",
+        help="stop after the summary (the default when stdin is not a terminal)",
+    )
+    parser.add_argument(
+        "--serve-for",
+        type=float,
+        metavar="SECONDS",
+        help="after the summary keep serving at most SECONDS, then stop (even without a "
+        "terminal; Ctrl-C or SIGTERM stops earlier)",
+    )
     parser.add_argument("--inside-namespace", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--host-netns", help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.inside_namespace is None and not args.no_discovery:
         reason = namespace.unavailable_reason()
         if reason is None:
             raise SystemExit(_run_in_namespace())
-        say(
+        console.say(
             f"LAN discovery is not available here ({reason}): the tablets fall back to "
             "the edge's configured address, and none is gathered"
         )
     elif args.no_discovery:
-        say("LAN discovery is off (--no-discovery): the tablets use the edge's configured address")
-    demo = Demo(args.data_dir, args.items, args.tablets, args.inside_namespace is not None)
-    demo.set_up()
+        console.say(
+            "LAN discovery is off (--no-discovery): the tablets use the edge's configured address"
+        )
+    if args.exit:
+        hold, hold_seconds = False, None
+    elif args.serve_for is not None:
+        hold, hold_seconds = True, args.serve_for
+    else:
+        hold, hold_seconds = sys.stdin.isatty(), None
+    demo = Demo(
+        args.data_dir,
+        args.items,
+        args.tablets,
+        args.inside_namespace is not None,
+        HostWindow(args.host_netns),
+    )
     try:
-        asyncio.run(demo.run())
+        demo.set_up()
+        asyncio.run(demo.run(hold, hold_seconds))
+    except KeyboardInterrupt:
+        console.say("interrupted: stopping the gateway and the edge")
+        raise SystemExit(130) from None
+    except BaseException:
+        demo.show_logs()
+        raise
     finally:
         demo.stop()
 
 
 def _run_in_namespace() -> int:
-    """Run this demo again inside a private network namespace: the office LAN."""
+    """Run this demo again inside a private network namespace: the office LAN.
+
+    The inner demo stops its services itself, so this process ignores
+    Ctrl-C (the terminal sends it to both) and passes SIGTERM on, then waits
+    for it before removing the namespace."""
     name = f"phs-demo-{os.getpid()}"
     try:
         namespace.create(name)
     except namespace.NamespaceUnavailable as err:
-        say(f"LAN discovery is not available here ({err}): rerun with --no-discovery")
+        console.say(f"LAN discovery is not available here ({err}): rerun with --no-discovery")
         return 1
-    say(
+    console.say(
         f"LAN discovery: the office LAN is a private network namespace ({name}); mDNS "
         "stays inside it, and the tablets find the edge by its advert"
     )
     try:
-        return subprocess.call(
+        inner = subprocess.Popen(
             [
                 *namespace.exec_prefix(name),
                 sys.executable,
@@ -454,9 +551,14 @@ def _run_in_namespace() -> int:
                 "edgenode.demo",
                 "--inside-namespace",
                 name,
+                "--host-netns",
+                f"/proc/{os.getpid()}/ns/net",
                 *sys.argv[1:],
             ]
         )
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, _frame: inner.send_signal(signum))
+        return inner.wait()
     finally:
         namespace.delete(name)
 

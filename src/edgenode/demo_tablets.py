@@ -10,10 +10,13 @@ discovery every tablet uses the configured edge address and pushes.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 from zeroconf.asyncio import AsyncZeroconf
@@ -23,9 +26,13 @@ from fielddevice.finder import browse_edges, choose_for_pairing, plan, reach, st
 from fielddevice.service import DeviceRuntime
 from fielddevice.settings import FieldSettings
 from gateway.http import PREFIX
+from shared.periods import Period, PeriodType, previous_period, utc_bounds
+from shared.values import format_timestamp
 
 LAN_INTERFACE = "127.0.0.1"  # the demo's office LAN: a private namespace's loopback
 BROWSE_SECONDS = 1.5
+ENCOUNTERS = 300
+STEPS = [("assigned", "in_progress"), ("in_progress", "contacted"), ("contacted", "completed")]
 
 
 class DemoTablets:
@@ -108,8 +115,8 @@ class DemoTablets:
         assert self.zc is not None
         pending = await device.store.pending_total()
         self.say(
-            f"      {device.device_id} advertises _phs-field._tcp with pending={pending} "
-            "and waits for the edge to gather it"
+            f"{device.device_id} only advertises _phs-field._tcp with pending={pending} "
+            "and waits for the edge to gather its records"
         )
         self.runtime = DeviceRuntime(device, LAN_INTERFACE, 0, self.zc, [LAN_INTERFACE])
         await self.runtime.start()
@@ -119,3 +126,46 @@ class DemoTablets:
                 raise SystemExit(f"the edge did not gather {device.device_id} within {within} s")
             await asyncio.sleep(0.2)
         return pending
+
+
+async def record_offline_work(
+    devices: Sequence[FieldDevice],
+    items: int,
+    facility: str,
+    tz: ZoneInfo,
+    rng: random.Random,
+    now: datetime,
+) -> Period:
+    """What the tablets record while offline: outreach transitions on the
+    items ``oi-0000``… (spread over the tablets, one to three steps each,
+    with two tablets racing on ``oi-0000``) and last week's encounters on
+    the first tablet. Returns that week, the period of the report."""
+    for n in range(items):
+        device = devices[n % len(devices)]
+        item = f"oi-{n:04d}"
+        # oi-0000 stops at contacted: a second tablet's report then races it (below).
+        steps = STEPS[:2] if n == 0 else STEPS[: rng.choice([1, 2, 3, 3])]
+        for k, (frm, to) in enumerate(steps):
+            await device.record_transition(
+                item, frm, to, now - timedelta(hours=3 - k), "chw-7", f"{item}-{k}"
+            )
+    # Two tablets visited one patient while offline: the later report wins (LWW).
+    await devices[1 % len(devices)].record_transition(
+        "oi-0000", "in_progress", "unreachable", now - timedelta(minutes=5), "chw-7", "late-visit"
+    )
+    period = previous_period(now.astimezone(tz).date(), PeriodType.WEEKLY)
+    start, end = utc_bounds(period, tz)
+    minutes = int((end - start).total_seconds() // 60)
+    for n in range(ENCOUNTERS):
+        await devices[0].record_encounter(
+            {
+                "id": f"enc-{n}",
+                "patientRef": f"p-{rng.randrange(120)}",
+                "facilityId": facility,
+                "occurredAt": format_timestamp(start + timedelta(minutes=rng.randrange(minutes))),
+                "kind": rng.choice(["visit", "screening", "immunization"]),
+                "screeningDue": rng.random() < 0.4,
+                "immunizationDue": rng.random() < 0.3,
+            }
+        )
+    return period
