@@ -174,7 +174,7 @@ async def test_outage_then_recovery(tmp_path: Path) -> None:
         assert status["gatewayDispositions"] == {"applied": CYCLES * PER_CYCLE}
         assert status["problems"] == 0 and await system.edge_problems() == []
         metrics = await (await system.edge.get("/metrics")).text()
-        assert "phs_edge_outbox_depth 0\n" in metrics and "phs_edge_problems 0\n" in metrics
+        assert "phs_edge_outbox_depth 0.0\n" in metrics and "phs_edge_problems 0.0\n" in metrics
 
 
 VALID = 2000

@@ -404,7 +404,7 @@ async def test_sync_items_refuses_by_the_policy_table_and_records(system: EdgeSy
     forwarded = await system.forward()
     assert forwarded.batches_sent == 0
     metrics = await (await system.edge.get("/metrics")).text()
-    assert "phs_edge_refused_writes 11\n" in metrics
+    assert "phs_edge_refused_writes 11.0\n" in metrics
 
 
 async def test_cohort_draft_invalid_answers_every_error_path(system: EdgeSystem) -> None:

@@ -23,13 +23,14 @@ from edgenode.intake import OUTREACH_INTAKE, OutreachIntake
 from edgenode.lan import LISTEN_PORT, ListenPort, lan_presence
 from edgenode.outbox import get_state
 from edgenode.reports import generate_report
-from edgenode.resources import devices, encounters, items, outreach, server_data, status
+from edgenode.resources import devices, encounters, items, metrics, outreach, server_data, status
 from edgenode.scheduler import due_periods
 from edgenode.settings import EdgeSettings
 from edgenode.store.database import EdgeDatabase
 from edgenode.sync import Forwarder, Puller
 from gateway.http import CLOCK, LIMITS, PREFIX, Clock, system_clock
 from gateway.middleware import problem_middleware
+from observability.metrics import request_metrics
 from shared.encoding import Limits
 from shared.periods import zone
 from shared.signing import KeyPair
@@ -42,7 +43,7 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/", status.page)
     r.add_get("/healthz", status.healthz)
-    r.add_get("/metrics", status.metrics)
+    r.add_get("/metrics", metrics.metrics)
     r.add_post(f"{PREFIX}/devices/pair", devices.pair)
     r.add_post(f"{PREFIX}/sync/outreach", outreach.push)
     r.add_post(f"{PREFIX}/sync/encounters", encounters.push)
@@ -62,7 +63,10 @@ def create_app(
     ``discovery`` (default: as ``background``): LAN presence (``edgenode.lan``)
     when the setting ``discovery`` is on too; it advertises once
     ``app[LISTEN_PORT]`` is set to the bound port (``serve`` does)."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    # request_metrics comes first (outermost): it counts the problems rendered.
+    app = web.Application(
+        middlewares=[request_metrics, problem_middleware], client_max_size=settings.max_body_bytes
+    )
     app[EDGE_SETTINGS] = settings
     app[NODE_KEY] = keypair
     app[CLOCK] = clock
@@ -70,6 +74,7 @@ def create_app(
     app[IN_FLIGHT] = set()
     app[OUTBOX_WAKE] = asyncio.Event()
     app[LISTEN_PORT] = ListenPort()
+    metrics.install_metrics(app)
     app.cleanup_ctx.append(_database)
     if background:
         app.cleanup_ctx.append(_background_loops)

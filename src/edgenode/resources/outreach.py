@@ -16,6 +16,7 @@ from edgenode.http import (
 from edgenode.intake import OUTREACH_INTAKE
 from edgenode.outreach import items_since
 from edgenode.records import device_transitions
+from edgenode.resources.metrics import TRANSITIONS, record_push
 from gateway.http import path_with_query, query_int, respond
 from shared.idempotency import request_fingerprint, validate_key
 
@@ -34,6 +35,7 @@ async def push(request: web.Request) -> web.Response:
     if answer.stored is not None:
         return replay(request, answer.stored, fingerprint)
     request.app[OUTBOX_WAKE].set()
+    record_push(request, TRANSITIONS, answer.document["results"])  # committed
     return respond(request, answer.status, answer.document)
 
 

@@ -1,4 +1,5 @@
-"""``GET /`` (status page), ``GET /healthz`` and ``GET /metrics`` for the office LAN."""
+"""``GET /`` (status page) and ``GET /healthz`` for the office LAN
+(``GET /metrics``: resources/metrics.py)."""
 
 from __future__ import annotations
 
@@ -75,27 +76,3 @@ def _devices_seen(devices: list[dict[str, Any]]) -> str:
     )
     return f"<h2>Devices seen on the LAN</h2><table class='seen'><tr>{head}</tr>{body}</table>"
 
-
-async def metrics(request: web.Request) -> web.Response:
-    async with edge_db(request).read() as conn:
-        status = await collect_status(conn, request.app[CLOCK]())
-    lines = [
-        "# TYPE phs_edge_outbox_depth gauge",
-        f"phs_edge_outbox_depth {status['outboxDepth']}",
-        "# TYPE phs_edge_outbox_oldest_age_seconds gauge",
-        f"phs_edge_outbox_oldest_age_seconds {status['oldestUnsentAgeSeconds'] or 0}",
-        "# TYPE phs_edge_open_batches gauge",
-        f"phs_edge_open_batches {status['openBatches']}",
-        "# TYPE phs_edge_problems gauge",
-        f"phs_edge_problems {status['problems']}",
-        "# TYPE phs_edge_refused_writes gauge",
-        f"phs_edge_refused_writes {status['refusedWrites']}",
-        "# TYPE phs_edge_paired_devices gauge",
-        f"phs_edge_paired_devices {status['pairedDevices']}",
-        "# TYPE phs_edge_devices_present gauge",
-        f"phs_edge_devices_present {sum(1 for d in status['devicesSeen'] if d['present'])}",
-        "# TYPE phs_edge_transitions gauge",
-    ]
-    for disposition, count in sorted(status["gatewayDispositions"].items()):
-        lines.append(f'phs_edge_transitions{{gateway_status="{disposition}"}} {count}')
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
