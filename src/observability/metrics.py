@@ -112,7 +112,7 @@ def install(app: web.Application, namespace: str) -> ServiceMetrics:
     :func:`request_metrics` first among its middlewares."""
     # No ``…_created`` series: multiprocess mode has none either, and they double
     # the output for nothing Prometheus needs (it detects counter resets itself).
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     directory = os.environ[MULTIPROC_ENV] if multiprocess_mode() else None
     metrics = ServiceMetrics(namespace, multiprocess_dir=directory)
     app[METRICS] = metrics

@@ -75,4 +75,3 @@ def _devices_seen(devices: list[dict[str, Any]]) -> str:
         "<tr>" + "".join(cell(d[key]) for key, _ in _SEEN_COLUMNS) + "</tr>" for d in devices
     )
     return f"<h2>Devices seen on the LAN</h2><table class='seen'><tr>{head}</tr>{body}</table>"
-
