@@ -80,6 +80,16 @@ SENSITIVE_FIELDS = frozenset(
     }
 )
 
+#: Libraries' loggers held at a level whatever ``log_level`` says. aiosqlite's
+#: DEBUG lines print each statement with its bound values (patient data);
+#: SQLAlchemy's INFO lines would too (it sets WARNING itself; kept so);
+#: alembic's INFO lines are schema chatter on every command.
+LIBRARY_LEVELS = {
+    "aiosqlite": logging.INFO,
+    "sqlalchemy": logging.WARNING,
+    "alembic": logging.WARNING,
+}
+
 #: What every LogRecord carries by itself: anything else on a record came from ``extra``.
 _BARE_RECORD = logging.LogRecord("", logging.INFO, "", 0, "", None, None)
 _RECORD_FIELDS = frozenset(vars(_BARE_RECORD)) | {"message", "asctime", "taskName"}
@@ -204,7 +214,8 @@ def configure_logging(
     else:
         handler.setFormatter(TextFormatter(prefix))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # no schema chatter per command
+    for name, floor in LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(floor)
     server = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
         server.addFilter(MalformedRequestFilter())
