@@ -29,9 +29,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from edgenode.demo import NODE_ID
+
 RUN_SECONDS = 180  # a loaded two-core CI box; the demo itself takes ~20 s when idle
-URL = re.compile(r"^Edge status page: (http://127\.0\.0\.1:\d+/)  \(answered 200 \(text/html")
-GATEWAY_URL = re.compile(r"^Gateway: +(http://127\.0\.0\.1:\d+/\S*)  \(answered 200 ")
+URL = re.compile(r"^Edge status page: +(http://127\.0\.0\.1:\d+/)  \(answered 200 \(text/html")
+GATEWAY_URL = re.compile(r"^Gateway: +(http://127\.0\.0\.1:\d+/readyz)  \(answered 200 ")
+ADMIN_URL = re.compile(r"^Gateway admin page: +(http://127\.0\.0\.1:\d+/admin)  \(answered 200 ")
 OPEN = re.compile(r"^Open (http://127\.0\.0\.1:\d+/) — press Ctrl-C to stop")
 
 
@@ -133,6 +136,14 @@ def test_demo_serves_until_ctrl_c(tmp_path: Path) -> None:
         assert status == 200 and "<html" in page.lower(), page[:500]
         gateway = next(m.group(1) for line in seen if (m := GATEWAY_URL.match(line)))
         assert get(gateway)[0] == 200
+        # The gateway's admin page, with the admin token the demo left for the newcomer.
+        admin_page = next(m.group(1) for line in seen if (m := ADMIN_URL.match(line)))
+        token_file = data_dir / "admin-token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        request = urllib.request.Request(admin_page, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200 and NODE_ID in resp.read().decode()
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
         assert demo.wait(timeout=60) == 0, "\n".join(seen)
     finally:

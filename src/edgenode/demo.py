@@ -47,6 +47,9 @@ import aiohttp
 from edgenode.demo_host import HostWindow
 from edgenode.demo_output import Console, Figures
 from edgenode.demo_tablets import LAN_INTERFACE, DemoTablets, record_offline_work
+from edgenode.settings import EdgeSettings
+from edgenode.status import collect_status
+from edgenode.store.database import EdgeDatabase
 from fielddevice.device import FieldDevice
 from gateway.http import PREFIX
 from lan import namespace
@@ -180,6 +183,9 @@ class Demo:
         self.data_dir.mkdir(parents=True)
         console.step(f"starting the gateway (the WAN side) on SQLite at {self.gateway}")
         self.admin = self.create_token("admin")
+        token_file = self.data_dir / "admin-token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(self.admin + "\n")  # for the gateway's admin page
         self.start(
             "gateway",
             ["gateway.cli", "serve", *flags(data_dir=str(self.gw_dir), port=_port(self.gateway))],
@@ -287,7 +293,7 @@ class Demo:
                 if PAIRING_CODE.match(line)
             )
             line = await tablets.pair(session, device, code)
-            console.info(f"{n}/{len(devices)} {device.device_id}: code {code}: {line}")
+            console.info(f"{n}/{len(devices)} {device.device_id} with code {code}: {line}")
 
     async def wait_for_items(
         self, session: aiohttp.ClientSession, tablets: DemoTablets, device: FieldDevice
@@ -351,17 +357,21 @@ class Demo:
         metrics = json_document(printed)["metrics"]
         console.info(f"signed and queued: {json.dumps(metrics)}")
 
-    def edge_status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json_document(
-            cli("edgenode.cli", "status", "--data-dir", str(self.edge_dir))
-        )
-        return doc
+    async def edge_status(self) -> dict[str, Any]:
+        """What ``edgenode status`` prints, read the same way: from the edge's
+        own store (in this process, sparing a command's start-up per look)."""
+        db = await EdgeDatabase(EdgeSettings(data_dir=str(self.edge_dir)).database_path).open()
+        try:
+            async with db.read() as conn:
+                return await collect_status(conn, datetime.now(UTC))
+        finally:
+            await db.close()
 
     async def wait_for_drain(self) -> None:
         console.step("the edge forwards everything to the gateway (msgpack batches)")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            status = self.edge_status()
+            status = await self.edge_status()
             answered = sum(n for k, n in status["gatewayDispositions"].items() if k != "unanswered")
             console.progress(
                 f"outbox: {status['outboxDepth']} records waiting, {status['openBatches']} "
@@ -401,10 +411,14 @@ class Demo:
             reports = (await resp.json())["reports"]
         async with session.get(f"{self.gateway}{PREFIX}/events", headers=headers) as resp:
             events = (await resp.json())["events"]
+        edge = await self.edge_status()
+        problems = edge["problems"] + edge["refusedWrites"]
         return Figures(
             tablets=[await device.status() for device in devices],
-            edge=self.edge_status(),
-            edge_problems=cli("edgenode.cli", "problems", "--data-dir", str(self.edge_dir)),
+            edge=edge,
+            edge_problems=cli("edgenode.cli", "problems", *flags(data_dir=str(self.edge_dir)))
+            if problems
+            else "",
             gateway_dispositions=dispositions,
             gateway_states=states,
             gateway_reports=reports,
@@ -413,26 +427,36 @@ class Demo:
 
     async def finish(self, figures: Figures, hold: bool, hold_seconds: float | None) -> None:
         """The summary, then the URLs (each checked from the host), then serve or stop."""
-        edge_url = await self.window.open(f"{self.edge}/")
-        gateway_url = await self.window.open(f"{self.gateway}/readyz")
+        edge_url = f"{await self.window.open(self.edge)}/"
+        gateway = await self.window.open(self.gateway)
         edge_check = await self.window.check_page(edge_url)
-        gateway_check = await self.window.check_page(gateway_url)
+        gateway_check = await self.window.check_page(f"{gateway}/readyz")
+        admin_check = await self.window.check_page(
+            f"{gateway}/admin", {"Authorization": f"Bearer {self.admin}"}
+        )
         console.say("")
         for line in figures.lines():
             console.say(line)
         console.say("")
-        console.say(f"Edge status page: {edge_url}  ({edge_check.describe()})")
-        console.say(f"Gateway:          {gateway_url}  ({gateway_check.describe()})")
+        console.say(f"Edge status page:   {edge_url}  ({edge_check.describe()})")
+        console.say(f"Gateway:            {gateway}/readyz  ({gateway_check.describe()})")
+        if admin_check.ok:
+            token_file = self.data_dir / "admin-token"
+            console.say(f"Gateway admin page: {admin_check.url}  ({admin_check.describe()})")
+            console.say(f"                    log in with the admin token in {token_file}")
         if self.window.host_netns is not None:
             console.say(
-                "                  (both listen inside the office-LAN namespace; the demo "
-                "forwards these host ports to them)"
+                "                    (the services listen inside the office-LAN namespace; "
+                "the demo forwards these host ports to them)"
             )
         console.say(
             f"Logs and databases: {self.data_dir}/ ({', '.join(p.name for p in self.logs)})"
         )
-        if not edge_check.ok:
-            raise SystemExit(f"the edge status page did not load from this host: {edge_check}")
+        if not (edge_check.ok and gateway_check.ok):
+            raise SystemExit(
+                f"a page did not load from this host: {edge_check.describe()}, "
+                f"{gateway_check.describe()}"
+            )
         if not hold:
             console.say("stopping the gateway and the edge (--exit, or not run from a terminal)")
             return

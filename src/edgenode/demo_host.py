@@ -122,11 +122,12 @@ class HostWindow:
         self._servers: list[asyncio.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def open(self, inner_url: str) -> str:
-        """The URL at which the host reaches the service at ``inner_url``."""
+    async def open(self, inner_base: str) -> str:
+        """The base URL (``http://host:port``) at which the host reaches the
+        service at ``inner_base``."""
         if self.host_netns is None:
-            return inner_url
-        target = urlsplit(inner_url)
+            return inner_base
+        target = urlsplit(inner_base)
         assert target.hostname is not None and target.port is not None
         host, port = target.hostname, target.port
 
@@ -152,7 +153,7 @@ class HostWindow:
         server = await asyncio.start_server(forward, sock=listener)
         self._servers.append(server)
         bound = listener.getsockname()[1]
-        return f"{target.scheme}://127.0.0.1:{bound}{target.path or '/'}"
+        return f"{target.scheme}://127.0.0.1:{bound}"
 
     async def close(self) -> None:
         for server in self._servers:

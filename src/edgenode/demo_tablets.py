@@ -91,8 +91,8 @@ class DemoTablets:
             session, base, code, advert_fp=advert.fingerprint, advert_node=advert.node_id
         )
         return (
-            f"found {advert.name} at {base} over mDNS, fp {advert.fingerprint} "
-            f"checked against the node's key → paired (fp {pairing.fingerprint})"
+            f"found {advert.node_id} over mDNS at {base.removesuffix(PREFIX)}; the advert's "
+            f"fp {advert.fingerprint} is the key's that answered ({pairing.fingerprint}) → paired"
         )
 
     async def sync(self, session: aiohttp.ClientSession, device: FieldDevice) -> dict[str, Any]:
