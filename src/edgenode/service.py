@@ -30,8 +30,8 @@ from edgenode.store.database import EdgeDatabase
 from edgenode.sync import Forwarder, Puller
 from gateway.http import CLOCK, LIMITS, PREFIX, Clock, system_clock
 from gateway.middleware import problem_middleware
-from observability.logs import RequestLog, lifecycle
 from observability.metrics import request_metrics
+from observability.sdnotify import Notifier, watchdog_running
 from shared.encoding import Limits
 from shared.periods import zone
 from shared.signing import KeyPair
@@ -90,22 +90,36 @@ async def serve(app: web.Application, host: str, port: int) -> None:
 
     Like ``web.run_app``, except that the bound port is known to the app
     (``LISTEN_PORT``) once the server listens, so ``--port 0`` works and the
-    LAN advert carries the port tablets can really reach."""
-    runner = web.AppRunner(app, handle_signals=False, access_log_class=RequestLog)
+    LAN advert carries the port tablets can really reach.
+
+    Under systemd (``Type=notify``, observability.sdnotify): READY=1 once the
+    store is migrated and the port listens, WATCHDOG=1 while the store answers,
+    STOPPING=1 on the way out."""
+    notifier = Notifier.from_environ()
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = int(runner.addresses[0][1])
         app[LISTEN_PORT].set(bound)
-        lifecycle("edgenode.serve").info("======== Running on http://%s:%d ========", host, bound)
+        print(f"======== Running on http://{host}:{bound} ========", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        notifier.ready(f"serving tablets on port {bound}")
+        async with watchdog_running(notifier, lambda: _store_answers(app[EDGE_DB])):
+            await stop.wait()
+        notifier.stopping()
     finally:
         await runner.cleanup()
+
+
+async def _store_answers(db: EdgeDatabase) -> None:
+    """The watchdog's check: a trivial read (a wedged store stops the pings)."""
+    async with db.read() as conn:
+        await conn.execute("SELECT 1")
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

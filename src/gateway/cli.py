@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import gc
 import json
-import re
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,17 +27,15 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.db.database import Database
-from gateway.http import system_clock
+from gateway.http import DATABASE, system_clock
 from gateway.registry import create_token, enroll_node, revoke_node
 from gateway.relay import EventRelay, RelayConfig
 from gateway.settings import Settings, load_settings
 from gateway.workers import check_workers, serve_workers, stop_once_on_signal
-from observability.logs import FORMATS, RequestLog, configure_logging, lifecycle, log_format
+from observability.sdnotify import Notifier, notify_while_running, watchdog_running
 from shared.encoding import JSON, encode
 from shared.errors import PhsError
 from shared.signing import public_key_from
-
-log = lifecycle("gateway.serve")  # "Running on" is written at any log_level
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,9 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="TOML settings file")
     common.add_argument("--data-dir", help="directory of the SQLite store")
     common.add_argument("--database-url", help="SQLAlchemy URL (overrides --data-dir)")
-    common.add_argument(
-        "--log-format", choices=FORMATS, help="json or text (default json for serve and relay)"
-    )
     parser = argparse.ArgumentParser(
         prog="phs-gateway",
         description=__doc__,
@@ -87,7 +82,6 @@ def _settings(args: argparse.Namespace) -> Settings:
             "host": getattr(args, "host", None),
             "port": getattr(args, "port", None),
             "workers": getattr(args, "workers", None),
-            "log_format": args.log_format,
         },
     )
 
@@ -169,29 +163,33 @@ async def _relay(settings: Settings, nats_url: str | None) -> None:
     """Run the event relay until SIGTERM or SIGINT (docs/events.md)."""
     config = RelayConfig.from_settings(settings, nats_url)
     stop = asyncio.Event()
+    notifier = Notifier.from_environ()  # READY=1 after the first round (EventRelay.run)
+
+    def stop_relay() -> None:
+        notifier.stopping()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_relay)
     database = Database.for_settings(settings)
     relay = EventRelay(database, config, system_clock)
     try:
-        await relay.run(stop)
+        # The watchdog checks only that the event loop turns: the relay is built
+        # to wait out NATS and database outages, which must not mean restarts.
+        async with watchdog_running(notifier, lambda: asyncio.sleep(0)):
+            await relay.run(stop, notifier)
     finally:
         await relay.close()
         await database.close()
 
 
-def _configure_logging(settings: Settings, worker: str = "", service: bool = True) -> None:
-    """JSON lines on stdout for the services (journald), text on stderr for
-    the one-shot commands, whose stdout is their answer (docs/logging.md)."""
-    number = re.match(r"worker (\d+)", worker)
-    configure_logging(
-        settings.log_level,
-        log_format(settings.log_format, service),
-        stream=sys.stdout if service else sys.stderr,
-        prefix=worker,
-        fields={"worker": int(number[1])} if number else None,
+def _configure_logging(settings: Settings, worker: str = "") -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s {worker}%(name)s %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # no schema chatter per command
 
 
 def _serve(settings: Settings, worker: str = "") -> None:
@@ -203,11 +201,14 @@ def _serve(settings: Settings, worker: str = "") -> None:
     app.on_startup.append(_freeze_startup_objects)  # after the store is open
     if worker:
         app.on_startup.append(stop_once_on_signal)
+    # systemd's watchdog (or the supervisor's, for a worker): fed while the store answers
+    notifier = Notifier.from_environ()
+    notify_while_running(app, notifier, lambda app: app[DATABASE].ping())
 
     def announce(msg: str) -> None:
-        for line in msg.splitlines():  # a log line like any other (JSON for journald)
-            if line.strip() and "CTRL+C" not in line:  # no one presses it under systemd
-                log.info("%s%s", worker, line)
+        print("\n".join(worker + line for line in msg.splitlines()), flush=True)
+        # run_app prints once, when every site listens (store migrated): ready
+        notifier.ready(f"serving http://{settings.host}:{settings.port}")
 
     web.run_app(
         app,
@@ -215,7 +216,6 @@ def _serve(settings: Settings, worker: str = "") -> None:
         port=settings.port,
         reuse_port=bool(worker) or None,
         print=announce,
-        access_log_class=RequestLog,  # no query strings, no headers
     )
 
 
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
-        _configure_logging(settings, service=args.command in ("serve", "relay"))
+        _configure_logging(settings)
         if args.command == "serve":
             check_workers(settings)
             if settings.workers == 1:
