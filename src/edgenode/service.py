@@ -30,6 +30,7 @@ from edgenode.store.database import EdgeDatabase
 from edgenode.sync import Forwarder, Puller
 from gateway.http import CLOCK, LIMITS, PREFIX, Clock, system_clock
 from gateway.middleware import problem_middleware
+from observability.logs import RequestLog, lifecycle
 from observability.metrics import request_metrics
 from observability.sdnotify import Notifier, watchdog_running
 from shared.encoding import Limits
@@ -96,14 +97,14 @@ async def serve(app: web.Application, host: str, port: int) -> None:
     store is migrated and the port listens, WATCHDOG=1 while the store answers,
     STOPPING=1 on the way out."""
     notifier = Notifier.from_environ()
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=RequestLog)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = int(runner.addresses[0][1])
         app[LISTEN_PORT].set(bound)
-        print(f"======== Running on http://{host}:{bound} ========", flush=True)
+        lifecycle("edgenode.serve").info("======== Running on http://%s:%d ========", host, bound)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

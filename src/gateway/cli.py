@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import gc
 import json
-import logging
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,10 +32,13 @@ from gateway.registry import create_token, enroll_node, revoke_node
 from gateway.relay import EventRelay, RelayConfig
 from gateway.settings import Settings, load_settings
 from gateway.workers import check_workers, serve_workers, stop_once_on_signal
+from observability.logs import FORMATS, RequestLog, configure_logging, lifecycle, log_format
 from observability.sdnotify import Notifier, notify_while_running, watchdog_running
 from shared.encoding import JSON, encode
 from shared.errors import PhsError
 from shared.signing import public_key_from
+
+log = lifecycle("gateway.serve")  # "Running on" is written at any log_level
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="TOML settings file")
     common.add_argument("--data-dir", help="directory of the SQLite store")
     common.add_argument("--database-url", help="SQLAlchemy URL (overrides --data-dir)")
+    common.add_argument(
+        "--log-format", choices=FORMATS, help="json or text (default json for serve and relay)"
+    )
     parser = argparse.ArgumentParser(
         prog="phs-gateway",
         description=__doc__,
@@ -82,6 +88,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             "host": getattr(args, "host", None),
             "port": getattr(args, "port", None),
             "workers": getattr(args, "workers", None),
+            "log_format": args.log_format,
         },
     )
 
@@ -184,12 +191,17 @@ async def _relay(settings: Settings, nats_url: str | None) -> None:
         await database.close()
 
 
-def _configure_logging(settings: Settings, worker: str = "") -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s {worker}%(name)s %(message)s",
+def _configure_logging(settings: Settings, worker: str = "", service: bool = True) -> None:
+    """JSON lines on stdout for the services (journald), text on stderr for
+    the one-shot commands, whose stdout is their answer (docs/logging.md)."""
+    number = re.match(r"worker (\d+)", worker)
+    configure_logging(
+        settings.log_level,
+        log_format(settings.log_format, service),
+        stream=sys.stdout if service else sys.stderr,
+        prefix=worker,
+        fields={"worker": int(number[1])} if number else None,
     )
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # no schema chatter per command
 
 
 def _serve(settings: Settings, worker: str = "") -> None:
@@ -206,7 +218,9 @@ def _serve(settings: Settings, worker: str = "") -> None:
     notify_while_running(app, notifier, lambda app: app[DATABASE].ping())
 
     def announce(msg: str) -> None:
-        print("\n".join(worker + line for line in msg.splitlines()), flush=True)
+        for line in msg.splitlines():  # a log line like any other (JSON for journald)
+            if line.strip() and "CTRL+C" not in line:  # no one presses it under systemd
+                log.info("%s%s", worker, line)
         # run_app prints once, when every site listens (store migrated): ready
         notifier.ready(f"serving http://{settings.host}:{settings.port}")
 
@@ -216,6 +230,7 @@ def _serve(settings: Settings, worker: str = "") -> None:
         port=settings.port,
         reuse_port=bool(worker) or None,
         print=announce,
+        access_log_class=RequestLog,  # no query strings, no headers
     )
 
 
@@ -223,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
-        _configure_logging(settings)
+        _configure_logging(settings, service=args.command in ("serve", "relay"))
         if args.command == "serve":
             check_workers(settings)
             if settings.workers == 1:
