@@ -47,6 +47,7 @@ from gateway.settings import Settings
 from observability.logs import (
     REDACTED,
     JsonFormatter,
+    LineHandler,
     MalformedRequestFilter,
     TextFormatter,
     configure_logging,
@@ -137,19 +138,32 @@ def test_a_malformed_request_is_reported_without_its_raw_bytes() -> None:
     assert doc["message"] == "malformed HTTP request refused: BadHttpMessage (400)"
 
 
-def test_configure_logging_writes_one_handler_and_holds_aiosqlite_above_debug() -> None:
+def test_configure_logging_replaces_only_its_own_handler_and_holds_aiosqlite_above_debug(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
+    foreign = logging.NullHandler()
     stream = io.StringIO()
     try:
+        root.addHandler(foreign)
+        configure_logging("INFO", "text", stream=stream)
         configure_logging("debug", "json", stream=stream, fields={"worker": 3})
+        assert foreign in root.handlers
+        assert sum(isinstance(h, LineHandler) for h in root.handlers) == 1
         logging.getLogger("aiosqlite").debug("executing INSERT (%r,)", "CANARY-PT-Z")
         logging.getLogger("phs.test").debug("kept", extra={"count": 1})
+        # Given sys.stdout itself, the handler follows whatever sys.stdout is later.
+        configure_logging("INFO", "json", stream=sys.stdout)
+        later = io.StringIO()
+        monkeypatch.setattr(sys, "stdout", later)
+        logging.getLogger("phs.test").info("followed")
     finally:
         root.handlers[:], root.level = saved
     [line] = stream.getvalue().splitlines()
     doc = json.loads(line)
     assert (doc["message"], doc["count"], doc["worker"], doc["pid"]) == ("kept", 1, 3, os.getpid())
+    assert json.loads(later.getvalue())["message"] == "followed"
     with pytest.raises(ValueError):
         configure_logging("INFO", "yaml")
 

@@ -194,6 +194,28 @@ class RequestLog(AbstractAccessLogger):
         )
 
 
+class LineHandler(logging.StreamHandler[IO[str]]):
+    """The one handler ``configure_logging`` installs. Given ``sys.stdout`` or
+    ``sys.stderr`` it writes to whichever object that name holds at each record
+    (as ``logging.lastResort`` does), so a stream replaced later (pytest's
+    capture, a redirect) is followed, never written to once closed."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._by_name = {id(sys.stdout): "stdout", id(sys.stderr): "stderr"}.get(id(stream))
+        super().__init__(stream)
+
+    @property
+    def stream(self) -> IO[str]:
+        if self._by_name is not None:
+            current: IO[str] = getattr(sys, self._by_name)
+            return current
+        return self._stream
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        self._stream = value
+
+
 def configure_logging(
     level: str,
     fmt: str,
@@ -205,15 +227,22 @@ def configure_logging(
     """Route every logger of the process to one handler on ``stream`` (stdout
     by default) in ``fmt`` (``json`` or ``text``). ``prefix`` starts each text
     line (the gateway's "worker 2 (pid 4242): "); ``fields`` join each JSON
-    line (``{"worker": 2}``). ``pid`` is always a field of a JSON line."""
+    line (``{"worker": 2}``). ``pid`` is always a field of a JSON line.
+
+    Called again, it replaces its own handler; a handler someone else put on
+    the root logger (pytest's, when a test calls a CLI's ``main``) stays."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler = LineHandler(stream if stream is not None else sys.stdout)
     if fmt == JSON:
         handler.setFormatter(JsonFormatter({"pid": os.getpid(), **(fields or {})}))
     else:
         handler.setFormatter(TextFormatter(prefix))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, LineHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
     for name, floor in LIBRARY_LEVELS.items():
         logging.getLogger(name).setLevel(floor)
     server = logging.getLogger("aiohttp.server")
