@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -166,6 +167,31 @@ def test_configure_logging_replaces_only_its_own_handler_and_holds_aiosqlite_abo
     assert json.loads(later.getvalue())["message"] == "followed"
     with pytest.raises(ValueError):
         configure_logging("INFO", "yaml")
+
+
+def test_warnings_and_an_uncaught_exception_are_json_lines_too() -> None:
+    """What Python itself writes (a warning, the traceback that ends a
+    process) comes out as lines of the same format, not bare text."""
+    script = (
+        "import warnings\n"
+        "from observability.logs import configure_logging\n"
+        "configure_logging('INFO', 'json')\n"
+        "warnings.warn('an old call', DeprecationWarning, stacklevel=1)\n"
+        "raise RuntimeError('the end')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+    warning, uncaught = (json.loads(line) for line in done.stdout.splitlines())
+    assert (warning["logger"], warning["level"]) == ("py.warnings", "WARNING")
+    assert "an old call" in warning["message"]
+    assert (uncaught["logger"], uncaught["level"]) == ("uncaught", "CRITICAL")
+    assert uncaught["exception"].endswith("RuntimeError: the end")
 
 
 # -- the end-to-end run --------------------------------------------------------------------

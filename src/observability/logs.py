@@ -29,6 +29,7 @@ import os
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import IO, Any
 
 from aiohttp import web
@@ -248,6 +249,22 @@ def configure_logging(
     server = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
         server.addFilter(MalformedRequestFilter())
+    # Python's own reports become lines of the same format (journald gets
+    # one JSON object per line, a traceback inside it, not 20 bare lines).
+    logging.captureWarnings(True)
+    sys.excepthook = log_uncaught
+
+
+def log_uncaught(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
+    """``sys.excepthook``: an exception that ends the process, as a CRITICAL line."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, trace)
+        return
+    logging.getLogger("uncaught").critical(
+        "the process ends on an unexpected %s", kind.__name__, exc_info=(kind, error, trace)
+    )
 
 
 def log_format(configured: str, service: bool) -> str:
