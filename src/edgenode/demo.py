@@ -243,7 +243,7 @@ class Demo:
             async with aiohttp.ClientSession() as session:
                 await wait_until(session, f"{self.gateway}/readyz", "the gateway")
                 await self.import_items(session)
-                console.step(f"starting edge {NODE_ID}, pairing {self.tablet_count} tablets")
+                console.step(f"starting edge {NODE_ID}, pairing {_tablets(self.tablet_count)}")
                 self.start_edge()
                 await wait_until(session, f"{self.edge}/healthz", "the edge node")
                 console.info(f"edgenode run: tablet API and status page at {self.edge}")
@@ -473,6 +473,10 @@ class Demo:
         console.say("stopping the gateway and the edge")
 
 
+def _tablets(count: int) -> str:
+    return f"{count} tablet{'' if count == 1 else 's'}"
+
+
 def _port(url: str) -> str:
     return url.rsplit(":", 1)[1]
 
@@ -537,17 +541,31 @@ def main() -> None:
         args.inside_namespace is not None,
         HostWindow(args.host_netns),
     )
+    # SIGTERM before the summary stops the services too (they run in their own
+    # sessions, so nothing else would); while serving, finish() handles it.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         demo.set_up()
         asyncio.run(demo.run(hold, hold_seconds))
     except KeyboardInterrupt:
         console.say("interrupted: stopping the gateway and the edge")
         raise SystemExit(130) from None
+    except Terminated:
+        console.say("terminated: stopping the gateway and the edge")
+        raise SystemExit(143) from None
     except BaseException:
         demo.show_logs()
         raise
     finally:
         demo.stop()
+
+
+class Terminated(Exception):
+    """SIGTERM arrived while the demo was still working."""
+
+
+def _terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
 
 
 def _run_in_namespace() -> int:
