@@ -110,6 +110,7 @@ async def _run_write(
     replay = await _claim(request, db, claim)
     if replay is not None:
         return replay
+
     async def write_and_complete(conn: AsyncConnection) -> Reply:
         reply = await write(conn)
         if 200 <= reply.status < 300:
@@ -144,6 +145,31 @@ async def _claim(request: web.Request, db: Database, claim: _Claim) -> web.Respo
         "claimed_at": stamp,
         "expires_at": format_timestamp(moment + ttl),
     }
+
+    def answer_for(row: sa.Row[Any]) -> web.Response | None:
+        """The answer a live row gives (replay, 409, 422), or None when it is
+        expired or abandoned and may be taken over."""
+        expired = row.state == DONE and row.expires_at <= stamp
+        abandoned = row.state == IN_FLIGHT and row.claimed_at <= stale
+        if expired or abandoned:
+            return None
+        if row.fingerprint != claim.fingerprint:
+            raise IdempotencyKeyMismatch("this Idempotency-Key was used for a different request")
+        if row.state == IN_FLIGHT:
+            raise IdempotencyInFlight(
+                "the first request with this key is still running", retry_after=1
+            )
+        document = msgpack.unpackb(row.reply, raw=False)
+        return respond(request, row.status_code, document, {"Idempotent-Replayed": "true"})
+
+    # A key seen before is answered from a read: a retry storm (an edge resending
+    # after a flaky WAN, many copies at once) then never queues on the writer.
+    # A live row's answer cannot go stale under us: answers are stored once and
+    # only expiry removes them.
+    async with db.read() as conn:
+        seen = (await conn.execute(sa.select(idempotency_keys).where(where))).first()
+    if seen is not None and (answer := answer_for(seen)) is not None:
+        return answer
     async with db.write() as conn:
         # Usually the key is new: one INSERT that skips an existing row claims
         # it, instead of a SELECT and then an INSERT. Only when a row is there
@@ -153,19 +179,8 @@ async def _claim(request: web.Request, db: Database, claim: _Claim) -> web.Respo
             return None
         row = (await conn.execute(sa.select(idempotency_keys).where(where))).first()
         if row is not None:
-            expired = row.state == DONE and row.expires_at <= stamp
-            abandoned = row.state == IN_FLIGHT and row.claimed_at <= stale
-            if not (expired or abandoned):
-                if row.fingerprint != claim.fingerprint:
-                    raise IdempotencyKeyMismatch(
-                        "this Idempotency-Key was used for a different request"
-                    )
-                if row.state == IN_FLIGHT:
-                    raise IdempotencyInFlight(
-                        "the first request with this key is still running", retry_after=1
-                    )
-                document = msgpack.unpackb(row.reply, raw=False)
-                return respond(request, row.status_code, document, {"Idempotent-Replayed": "true"})
+            if (answer := answer_for(row)) is not None:
+                return answer
             # Only the stale row we read: on PostgreSQL a concurrent request may
             # have replaced it with its own fresh claim since, which must stay.
             await conn.execute(
