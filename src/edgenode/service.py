@@ -44,6 +44,7 @@ log = logging.getLogger("edgenode")
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/", status.page)
+    r.add_get("/status", status.status_document)
     r.add_get("/healthz", status.healthz)
     r.add_get("/metrics", metrics.metrics)
     r.add_post(f"{PREFIX}/devices/pair", devices.pair)

@@ -34,6 +34,7 @@ from edgenode.outbox import (
 from edgenode.outreach import apply_changes
 from edgenode.server_data import apply_server_changes
 from edgenode.settings import EdgeSettings
+from edgenode.status import GatewayContact, record_contact
 from edgenode.store.database import EdgeDatabase
 from shared.values import format_timestamp, parse_timestamp
 
@@ -154,7 +155,7 @@ class Forwarder:
             return await self._client.post_batch_body(batch.batch_id, batch.body)
         except GatewayUnreachable as err:
             summary.unreachable = True
-            await self._retry(batch, str(err), summary)
+            await self._retry(batch, str(err), summary, None)
             return None
 
     async def _store(
@@ -165,8 +166,9 @@ class Forwarder:
         try:
             async with self._db.write(urgent=True) as conn:
                 await record_results(conn, batch.batch_id, results, self._clock())
+                await record_contact(conn, GatewayContact("forward", self._clock(), answer.status))
         except (ResultMismatch, KeyError, TypeError) as err:
-            await self._retry(batch, f"unusable answer: {err}", summary)
+            await self._retry(batch, f"unusable answer: {err}", summary, answer.status)
             return False
         summary.batches_sent += 1
         summary.items_sent += batch.item_count
@@ -181,13 +183,24 @@ class Forwarder:
         """A refusal: True when the outbox can go on (the batch was settled)."""
         code, detail = _problem(answer)
         if answer.status >= 500 or answer.status in RETRY_STATUSES:
-            await self._retry(batch, f"HTTP {answer.status} {code}: {detail}", summary)
+            error = f"HTTP {answer.status} {code}: {detail}"
+            await self._retry(batch, error, summary, answer.status, code)
             return False
         # Any other 4xx is permanent for this exact batch. A batch of several
         # records is split until the refused record is alone; that one is kept
         # as a problem, and the records behind it go.
         log.warning("gateway refused batch %s: %s %s", batch.batch_id, code, detail)
         async with self._db.write(urgent=True) as conn:
+            await record_contact(
+                conn,
+                GatewayContact(
+                    "forward",
+                    self._clock(),
+                    answer.status,
+                    code,
+                    f"HTTP {answer.status} {code}: {detail}",
+                ),
+            )
             if batch.item_count > 1:
                 await split_refused(
                     conn, batch.batch_id, batch.item_count, code, detail, self._clock()
@@ -198,10 +211,20 @@ class Forwarder:
                 summary.refused_batches += 1
         return True
 
-    async def _retry(self, batch: OpenBatch, error: str, summary: ForwardSummary) -> None:
+    async def _retry(
+        self,
+        batch: OpenBatch,
+        error: str,
+        summary: ForwardSummary,
+        status: int | None,
+        code: str | None = None,
+    ) -> None:
+        """Send ``batch`` again later; ``status`` None: the gateway was not reached."""
         when = self._clock() + self.backoff(batch.attempts)
         async with self._db.write(urgent=True) as conn:
             await record_retry(conn, batch.batch_id, error, when)
+            contact = GatewayContact("forward", self._clock(), status, code, error)
+            await record_contact(conn, contact)
         summary.error = error
         summary.waiting_until = format_timestamp(when)
         log.info(
@@ -231,10 +254,13 @@ class Puller:
                 answer = await self._client.changes(summary.cursor, self._page)
             except GatewayUnreachable as err:
                 summary.error, summary.unreachable = str(err), True
+                await self._record(GatewayContact("pull", self._clock(), None, None, str(err)))
                 return summary
             if answer.status != 200 or not isinstance(answer.document, dict):
                 code, detail = _problem(answer)
                 summary.error = f"HTTP {answer.status} {code}: {detail}"
+                contact = GatewayContact("pull", self._clock(), answer.status, code, summary.error)
+                await self._record(contact)
                 return summary
             doc = answer.document
             async with self._db.write() as conn:
@@ -244,9 +270,15 @@ class Puller:
                 # The cursor commits with the changes it covers: a crash resumes here.
                 await set_state(conn, "changes_cursor", str(doc["cursor"]))
                 await set_state(conn, "last_pull_ok", format_timestamp(self._clock()))
+                await record_contact(conn, GatewayContact("pull", self._clock(), answer.status))
             summary.cursor = str(doc["cursor"])
             if not doc.get("more"):
                 return summary
+
+    async def _record(self, contact: GatewayContact) -> None:
+        """A failed pull, for the status page (a success is kept with its changes)."""
+        async with self._db.write() as conn:
+            await record_contact(conn, contact)
 
 
 def _problem(answer: GatewayAnswer) -> tuple[str, str]:
