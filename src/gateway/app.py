@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.auth import note_node_seen
 from gateway.db.database import Database
 from gateway.deident_jobs import DEIDENT_JOBS
 from gateway.export_jobs import job_runner_context
@@ -19,6 +20,7 @@ from gateway.memberships import daily_recompute
 from gateway.middleware import problem_middleware
 from gateway.resources import (
     admin_nodes,
+    admin_page,
     analytics,
     batches,
     changes,
@@ -46,6 +48,12 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", metrics.metrics)
+    r.add_get("/admin", admin_page.page)
+    r.add_post("/admin/login", admin_page.login)
+    r.add_post("/admin/logout", admin_page.logout)
+    r.add_get("/admin/login", admin_page.to_page)
+    r.add_get("/admin/logout", admin_page.to_page)
+    r.add_get(f"{PREFIX}/admin/overview", admin_page.overview)
     r.add_post(f"{PREFIX}/admin/nodes", admin_nodes.enroll)
     r.add_get(f"{PREFIX}/admin/nodes/{{nodeId}}", admin_nodes.read)
     r.add_delete(f"{PREFIX}/admin/nodes/{{nodeId}}", admin_nodes.revoke)
@@ -107,6 +115,7 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> web.Applicati
         max_items=settings.max_batch_items,
     )
     metrics.install_metrics(app)
+    app.on_response_prepare.append(note_node_seen)  # last seen, clock offset (gateway.auth)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(job_runner_context((HMIS_JOBS, DEIDENT_JOBS)))
     app.cleanup_ctx.append(_purge_expired_keys)

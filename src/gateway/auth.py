@@ -1,13 +1,51 @@
-"""Authentication at the HTTP edge: node request signatures and bearer tokens."""
+"""Authentication at the HTTP edge: node request signatures and bearer tokens.
+
+A node's successful requests also keep when it was last seen and its clock
+offset (its signed time minus ours) on its ``nodes`` row, for the admin page:
+after the answer is ready and only if it succeeded and is not a replay (a
+refused request changes nothing), and at most once per
+``NODE_SEEN_INTERVAL`` unless the offset moved, so a busy node costs one
+small write every half minute, not one per request.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.db.schema import nodes
 from gateway.http import SETTINGS, database, now, path_with_query
 from gateway.registry import Node, Role, TokenPrincipal, find_token, get_node
 from shared.errors import KeyRevoked, MissingCredentials, RoleForbidden, UnknownKey
 from shared.signing import parse_authorization, verify_request
+from shared.values import format_timestamp, parse_timestamp
+
+log = logging.getLogger("gateway.auth")
+
+NODE_SEEN_INTERVAL = timedelta(seconds=30)
+OFFSET_CHANGE_SECONDS = 2.0  # a clock that moved this much is written at once
+
+
+@dataclass(frozen=True)
+class NodeContact:
+    node: Node
+    at: datetime
+    clock_offset_seconds: float  # the signed ts minus the gateway's clock
+
+    def worth_writing(self) -> bool:
+        node = self.node
+        if node.last_seen_at is None or node.clock_offset_seconds is None:
+            return True
+        if abs(self.clock_offset_seconds - node.clock_offset_seconds) >= OFFSET_CHANGE_SECONDS:
+            return True
+        return parse_timestamp(node.last_seen_at, "last_seen_at") <= self.at - NODE_SEEN_INTERVAL
+
+
+NODE_CONTACT = web.RequestKey("node_contact", NodeContact)
 
 
 async def authenticate_node(request: web.Request, body: bytes) -> Node:
@@ -19,16 +57,39 @@ async def authenticate_node(request: web.Request, body: bytes) -> Node:
         raise UnknownKey(f"no enrolled node {auth.key_id}")
     if not node.active:
         raise KeyRevoked(f"node {auth.key_id} is revoked")
+    moment = now(request)
     verify_request(
         auth,
         node.public_key,
         request.method,
         path_with_query(request),
         body,
-        now(request).timestamp(),
+        moment.timestamp(),
         request.app[SETTINGS].clock_skew_seconds,
     )
+    request[NODE_CONTACT] = NodeContact(node, moment, round(auth.ts - moment.timestamp(), 1))
     return node
+
+
+async def note_node_seen(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: keep a node's last contact once its request succeeded."""
+    contact = request.get(NODE_CONTACT)
+    if contact is None or response.status >= 400 or "Idempotent-Replayed" in response.headers:
+        return
+    if not contact.worth_writing():
+        return
+    try:
+        async with database(request).write() as conn:
+            await conn.execute(
+                nodes.update()
+                .where(nodes.c.node_id == contact.node.node_id)
+                .values(
+                    last_seen_at=format_timestamp(contact.at),
+                    clock_offset_seconds=contact.clock_offset_seconds,
+                )
+            )
+    except SQLAlchemyError:  # the answer is ready: a missed "last seen" is not worth failing it
+        log.warning("could not record when node %s was last seen", contact.node.node_id)
 
 
 async def authenticate_token(request: web.Request, *roles: Role) -> TokenPrincipal:

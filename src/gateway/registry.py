@@ -43,6 +43,9 @@ class Node:
     status: str
     enrolled_at: str
     revoked_at: str | None
+    # From its authenticated requests (gateway.auth); None until the first.
+    last_seen_at: str | None = None
+    clock_offset_seconds: float | None = None
 
     @property
     def active(self) -> bool:
@@ -83,12 +86,22 @@ def _node_from_row(row: Mapping[str, Any]) -> Node:
         row["status"],
         row["enrolled_at"],
         row["revoked_at"],
+        row.get("last_seen_at"),
+        row.get("clock_offset_seconds"),
     )
 
 
 async def get_node(conn: AsyncConnection, node_id: str) -> Node | None:
     row = (await conn.execute(sa.select(nodes).where(nodes.c.node_id == node_id))).first()
     return None if row is None else _node_from_row(dict(row._mapping))
+
+
+async def tenant_nodes(conn: AsyncConnection, tenant_id: str) -> list[Node]:
+    """Every node of a tenant, revoked ones included, by id."""
+    rows = await conn.execute(
+        sa.select(nodes).where(nodes.c.tenant_id == tenant_id).order_by(nodes.c.node_id)
+    )
+    return [_node_from_row(dict(row._mapping)) for row in rows]
 
 
 async def enroll_node(

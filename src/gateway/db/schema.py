@@ -26,6 +26,11 @@ nodes = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("enrolled_at", sa.String(32), nullable=False),
     sa.Column("revoked_at", sa.String(32)),
+    # From the node's authenticated requests (migration 0005), refreshed at most
+    # every NODE_SEEN_INTERVAL (gateway.auth): the admin page's last seen and
+    # clock offset (the node's signed time minus the gateway's, in seconds).
+    sa.Column("last_seen_at", sa.String(32)),
+    sa.Column("clock_offset_seconds", sa.Float),
 )
 
 tokens = sa.Table(
@@ -396,4 +401,18 @@ refused_writes = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
     sa.Column("received_at", sa.String(32), nullable=False),
     sa.Index("ix_refused_writes_tenant", "tenant_id", "seq"),
+)
+
+# Browser sessions of the admin page (migration 0005): opened by logging in
+# with an admin token; only the SHA-256 of the session id is stored, and the
+# session ends with its expiry, a logout, or its token's removal.
+admin_sessions = sa.Table(
+    "admin_sessions",
+    metadata,
+    sa.Column("session_hash", sa.String(64), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("tenant_id", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.String(32), nullable=False),
+    sa.Index("ix_admin_sessions_expires", "expires_at"),
 )
