@@ -35,6 +35,7 @@ RUN_SECONDS = 180  # a loaded two-core CI box; the demo itself takes ~20 s when 
 URL = re.compile(r"^Edge status page: +(http://127\.0\.0\.1:\d+/)  \(answered 200 \(text/html")
 GATEWAY_URL = re.compile(r"^Gateway: +(http://127\.0\.0\.1:\d+/readyz)  \(answered 200 ")
 ADMIN_URL = re.compile(r"^Gateway admin page: +(http://127\.0\.0\.1:\d+/admin)  \(answered 200 ")
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 OPEN = re.compile(r"^Open (http://127\.0\.0\.1:\d+/) — press Ctrl-C to stop")
 
 
@@ -43,7 +44,7 @@ def demo_command(data_dir: Path, *flags: str) -> list[str]:
 
 
 def get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+    with NO_PROXY.open(url, timeout=10) as resp:
         return resp.status, resp.read().decode()
 
 
@@ -142,7 +143,7 @@ def test_demo_serves_until_ctrl_c(tmp_path: Path) -> None:
         assert token_file.stat().st_mode & 0o777 == 0o600
         token = token_file.read_text().strip()
         request = urllib.request.Request(admin_page, headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=10) as resp:
+        with NO_PROXY.open(request, timeout=10) as resp:
             assert resp.status == 200 and NODE_ID in resp.read().decode()
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
         assert demo.wait(timeout=60) == 0, "\n".join(seen)
