@@ -117,10 +117,9 @@ async def test_merged_then_duplicate(gateway: Gateway, as_json: bool) -> None:
     duplicate = await document(resp)
     assert (duplicate["status"], duplicate["reportId"]) == ("duplicate", merged["reportId"])
     assert len(await events(gateway)) == 1  # no new event
-    assert [(r, d) for r, d, _ in await submissions(gateway)] == [
-        (merged["reportId"], "merged"),
-        (merged["reportId"], "duplicate"),  # the resend is on record too
-    ]
+    # The same bytes again carry nothing new: no second receipt (a captured
+    # report replayed at will must not grow the table).
+    assert [(r, d) for r, d, _ in await submissions(gateway)] == [(merged["reportId"], "merged")]
 
 
 async def test_identical_reports_at_once_are_merged_once(gateway: Gateway) -> None:
@@ -133,7 +132,7 @@ async def test_identical_reports_at_once_are_merged_once(gateway: Gateway) -> No
     [report_id] = {(await document(resp))["reportId"] for resp in answers}
     [event] = await events(gateway)
     assert event["data"]["reportId"] == report_id
-    assert sorted(d for _, d, _ in await submissions(gateway)) == ["duplicate"] * 3 + ["merged"]
+    assert [d for _, d, _ in await submissions(gateway)] == ["merged"]
 
 
 async def test_same_metrics_printed_differently_is_a_duplicate(gateway: Gateway) -> None:
@@ -142,6 +141,8 @@ async def test_same_metrics_printed_differently_is_a_duplicate(gateway: Gateway)
     resend = {**METRICS, "screening": {"due": 20, "done": 15, "rate": 0.7500000000001}}
     resp = await post_report(gateway, report_with(node, resend))
     assert resp.status == 200 and (await document(resp))["status"] == "duplicate"
+    # Other bytes than the stored report's: this resend is on record.
+    assert [d for _, d, _ in await submissions(gateway)] == ["merged", "duplicate"]
 
 
 async def test_conflict_names_the_stored_report_and_keeps_the_copy(gateway: Gateway) -> None:

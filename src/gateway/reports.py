@@ -112,7 +112,11 @@ async def store_report(
     else:
         existing = (
             await conn.execute(
-                sa.select(facility_reports.c.report_id, facility_reports.c.metrics).where(
+                sa.select(
+                    facility_reports.c.report_id,
+                    facility_reports.c.metrics,
+                    facility_reports.c.signature,
+                ).where(
                     facility_reports.c.facility_id == report.facility_id,
                     facility_reports.c.period_key == report.period.key,
                     facility_reports.c.device_id == report.device_id,
@@ -121,7 +125,14 @@ async def store_report(
         ).one()
         same = same_metrics(existing.metrics, report.metrics)
         outcome = ReportOutcome("duplicate" if same else "conflict", existing.report_id)
-    # Every submission that passed the signature check is kept, refused copies too.
+        if bytes(existing.signature) == submission.signature:
+            # The stored report's own bytes again (Ed25519 is deterministic: the
+            # same signature is the same payload): a replay or a resend carries
+            # nothing new, and a receipt per copy would let anyone holding one
+            # captured report grow the table without bound.
+            return outcome
+    # Every other submission that passed the signature check is kept, refused
+    # copies too.
     await conn.execute(
         report_submissions.insert().values(
             report_id=outcome.report_id,
