@@ -291,7 +291,7 @@ def render(doc: Mapping[str, Any], now: datetime) -> Html:
     )
     why = (
         Html(
-            '<section id="health-reasons"><h2>Needs a look</h2><ul>'
+            f'<section id="health-reasons" class="notice-{text(tone)}"><h2>Needs a look</h2><ul>'
             + join(Html(f"<li>{text(r)}</li>") for r in reasons)
             + "</ul></section>"
         )

@@ -77,6 +77,9 @@ header form{display:inline;margin:0}
 header button{margin:0;padding:.1rem .6rem;background:transparent;border-color:#c9d3dd;
 font-size:.85rem}
 p.error{color:var(--bad)}
+section.notice-warn{border-color:#e9c46a;background:var(--warn-bg)}
+section.notice-bad{border-color:#e6a0a3;background:var(--bad-bg)}
+section.notice-warn ul,section.notice-bad ul{margin:0;padding-left:1.2rem}
 footer{color:var(--muted);font-size:.8rem;text-align:center;padding:0 1rem 1.5rem}
 @media (max-width:40rem){
 main{padding:.6rem}
