@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint bench install clean
 
-## demo: install into .venv, then run a gateway on SQLite and sync a node against it
+## demo: install into .venv, then run a gateway, an edge node and simulated tablets on SQLite (progress, summary, status page URL)
 demo: $(STAMP)
 	$(BIN)/python -m edgenode.demo
 
