@@ -18,6 +18,7 @@ from gateway.http import CLOCK, DATABASE, LIMITS, PREFIX, SETTINGS, Clock, syste
 from gateway.idempotency import WRITES, finish_writes, purge_expired
 from gateway.memberships import daily_recompute
 from gateway.middleware import problem_middleware
+from gateway.openapi import OPENAPI_PATH
 from gateway.resources import (
     admin_nodes,
     admin_page,
@@ -31,6 +32,7 @@ from gateway.resources import (
     health,
     hmis_exports,
     metrics,
+    openapi,
     outreach_items,
     quality_snapshots,
     registry,
@@ -48,6 +50,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", metrics.metrics)
+    r.add_get(OPENAPI_PATH, openapi.read)
     r.add_get("/admin", admin_page.page)
     r.add_post("/admin/login", admin_page.login)
     r.add_post("/admin/logout", admin_page.logout)
