@@ -18,7 +18,7 @@ from sqlalchemy import Connection, make_url
 from gateway.db.database import SQLITE_PRAGMAS, Database, alembic_config
 from gateway.db.schema import metadata
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 async def test_upgrade_twice_and_match_declared_schema(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@
     phs-gateway revoke-node --node-id ID
     phs-gateway create-token --tenant T --role admin|service|analyst [--label L]
     phs-gateway migrate
+    phs-gateway audit verify [--anchor COUNT:HASH] | tail [-n N]
 
 Every command takes --config FILE and --data-dir DIR (and --database-url).
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import audit_commands
 from gateway.app import create_app
 from gateway.db.database import Database
 from gateway.http import DATABASE, system_clock
@@ -76,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", required=True, choices=["admin", "service", "analyst"])
     token.add_argument("--label", default="")
     sub.add_parser("migrate", parents=[common], help="upgrade the store's schema")
+    audit_commands.add_parser(sub, common)
     return parser
 
 
@@ -250,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "relay":
             asyncio.run(_relay(settings, args.nats))
             return 0
+        if args.command == "audit":  # exit status 1: the chain is broken
+            audit = audit_commands.run
+            status: int = asyncio.run(_with_store(settings, lambda db: audit(args, db)))
+            return status
         command = COMMANDS[args.command]
         asyncio.run(_with_store(settings, lambda db: command(args, db)))
         return 0

@@ -416,3 +416,36 @@ admin_sessions = sa.Table(
     sa.Column("expires_at", sa.String(32), nullable=False),
     sa.Index("ix_admin_sessions_expires", "expires_at"),
 )
+
+# The audit log (migration 0006; docs/audit.md, shared.audit): one row per
+# operation on patient data, hash-chained in ``seq`` order (1, 2, 3, … without
+# gaps; assigned by the appender under the head's row lock, not by the
+# database). Only references to records are kept, never patient identifiers.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("actor", sa.String(160), nullable=False),  # token:<id> | node:<id> | device:<id>
+    sa.Column("node_id", sa.String(128)),  # the edge node that made the request
+    sa.Column("tenant_id", sa.String(128), nullable=False),
+    sa.Column("facility_id", sa.String(128)),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("record", sa.String(300)),
+    sa.Column("time", sa.String(32), nullable=False),
+    sa.Column("outcome", sa.String(64), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# The chain's head, one row (id 1) updated in the transaction of every append:
+# its row lock orders appends across gateway processes, and its count and last
+# hash show the deletion of the last rows. Absent until the first append (no
+# migration seeds rows).
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("last_hash", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+)
