@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import signal
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -748,3 +749,95 @@ async def test_relay_killed_mid_stream_publishes_every_event_exactly_once(
         f"{dropped} re-published events dropped by the window, "
         f"{time.monotonic() - started:.1f} s; (written, stored) at the kills: {kill_points}"
     )
+
+
+# ----------------------------------------------------------------- one relay per database
+
+
+async def until(condition: Callable[[], bool], seconds: float) -> None:
+    async with asyncio.timeout(seconds):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_a_second_relay_stands_by_and_takes_over_when_the_first_stops(
+    database: Database,
+    gateway_settings: Settings,
+    stream: TestStream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "gateway.relay")
+    config = RelayConfig.from_settings(relay_settings(gateway_settings, stream))
+    # Each relay on its own store object, as two processes would be.
+    first_db, second_db = (
+        Database(database.url.render_as_string(False)),
+        Database(database.url.render_as_string(False)),
+    )
+    first, second = (
+        EventRelay(first_db, config, fixed_clock),
+        EventRelay(second_db, config, fixed_clock),
+    )
+    stop_first, stop_second = asyncio.Event(), asyncio.Event()
+    running_first = asyncio.create_task(first.run(stop_first))
+    await until(lambda: first.lock.held, 30)
+    running_second = asyncio.create_task(second.run(stop_second))
+    try:
+        ids = await write_events(database, 40, per_transaction=8)
+        await wait_until_published(database, 40, 30)
+        assert (first.published, second.published) == (40, 0)
+        assert not second.lock.held
+        assert "another relay holds this database's outbox" in caplog.text
+
+        stop_first.set()
+        await asyncio.wait_for(running_first, 30)
+        ids += await write_events(database, 20)
+        await wait_until_published(database, 60, 30)
+        assert (first.published, second.published) == (40, 20)
+        assert "took over the outbox" in caplog.text
+    finally:
+        stop_first.set()
+        stop_second.set()
+        await asyncio.wait_for(asyncio.gather(running_first, running_second), 30)
+        await first_db.close()
+        await second_db.close()
+    assert sorted(message_ids(await stream_messages(stream.js, stream.name))) == sorted(ids)
+
+
+async def test_a_relay_whose_lock_session_dies_gives_way(stream: TestStream) -> None:
+    """PostgreSQL: the advisory lock lives in the holder's session. When that
+    session is cut (the connection lost, the backend terminated), the server
+    frees the lock; the other relay takes it and the first stands by."""
+    async with postgres_database() as url:
+        config = RelayConfig.from_settings(relay_settings(Settings(database_url=url), stream))
+        first_db, second_db = Database(url), Database(url)
+        await first_db.migrate()
+        first = EventRelay(first_db, config, fixed_clock)
+        second = EventRelay(second_db, config, fixed_clock)
+        stops = asyncio.Event(), asyncio.Event()
+        running = [asyncio.create_task(first.run(stops[0]))]
+        try:
+            await until(lambda: first.lock.held, 30)
+            running.append(asyncio.create_task(second.run(stops[1])))
+            await asyncio.sleep(0.3)
+            assert not second.lock.held
+            async with first_db.write() as conn:  # cut the holder's lock session
+                await conn.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                        " WHERE locktype = 'advisory' AND granted"
+                        " AND pid <> pg_backend_pid()"
+                    )
+                )
+            await until(lambda: second.lock.held, 30)
+            ids = await write_events(first_db, 10)
+            await wait_until_published(first_db, 10, 30)
+            assert second.published == 10 and not first.lock.held
+            assert sorted(message_ids(await stream_messages(stream.js, stream.name))) == sorted(ids)
+        finally:
+            for stop in stops:
+                stop.set()
+            await asyncio.wait_for(asyncio.gather(*running), 30)
+            await first_db.close()
+            await second_db.close()

@@ -48,6 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.db.database import Database
 from gateway.db.schema import events
 from gateway.events import event_document
+from gateway.relay_lock import RelayLock
 from gateway.settings import Settings
 from observability.sdnotify import Notifier
 from shared.encoding import JSON, encode
@@ -296,8 +297,9 @@ _NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 class EventRelay:
     """Publishes the outbox of ``database`` to JetStream until stopped.
 
-    One relay per gateway database: two would both publish every event
-    (JetStream drops the copies within the window, but the work is doubled).
+    One relay per gateway database: ``run`` publishes only while it holds the
+    relay lock (gateway.relay_lock) and otherwise stands by, taking over when
+    the holder stops or dies.
     """
 
     def __init__(
@@ -317,6 +319,7 @@ class EventRelay:
         self._live = False  # connected, stream verified
         self._last_nats_error: Exception | None = None
         self.published = 0  # events marked published by this process
+        self.lock = RelayLock(database)
         self.duplicates = 0  # of those, how many the stream already held
 
     # -- connections
@@ -491,8 +494,19 @@ class EventRelay:
         notifier = notifier or Notifier()
         told: str | None = None  # the STATUS last sent
         next_progress = asyncio.get_running_loop().time() + PROGRESS_LOG_SECONDS
+        standing_by = False
         try:
             while not stop.is_set():
+                if not await self.lock.hold():
+                    if not standing_by:
+                        log.warning("relay: another relay holds this database's outbox; standby")
+                        standing_by = True
+                    told = _tell(notifier, told, "standby: another relay is publishing")
+                    await _wait(stop, self.config.poll_interval_seconds)
+                    continue
+                if standing_by:
+                    log.info("relay: took over the outbox from the relay that held it")
+                    standing_by = False
                 try:
                     count = await self.publish_batch()
                 except ServiceUnavailable as err:
@@ -515,10 +529,12 @@ class EventRelay:
                     await _wait(stop, self.config.poll_interval_seconds)
         finally:
             await self.disconnect()
+            await self.lock.release()
 
     async def drain(self) -> int:
         """Publish until no event is left unpublished, retrying failures with
-        back-off (for tests and one-shot runs: bound it with asyncio.timeout)."""
+        back-off (for tests and one-shot runs: bound it with asyncio.timeout).
+        It takes no relay lock: don't run it beside a running relay."""
         total = 0
         while True:
             try:

@@ -188,6 +188,11 @@ class Database:
         async with self._reader.connect() as conn:
             yield conn
 
+    async def session_connection(self) -> AsyncConnection:
+        """A connection of its own (PostgreSQL), for state that lives as long as
+        its session, such as an advisory lock; the caller closes it."""
+        return await self._writer.connect()
+
     @staticmethod
     async def wait_for_writers(conn: AsyncConnection) -> None:
         """In a read, before a query in sequence order: on PostgreSQL, wait until
