@@ -108,6 +108,16 @@ ITEM = answer(
         "history": array(OBJECT),
     }
 )
+NEW_ITEM_ANSWER = answer(
+    {
+        "id": ID,
+        "facilityId": ID,
+        "state": STATE,
+        "assigneeId": nullable(STRING),
+        "version": INTEGER,
+        "updatedAt": TIME,
+    }
+)
 SERVER_TRANSITION = closed(
     {"id": ID, "from": text(64), "to": text(64), "occurredAt": TIME}, ["id", "from", "to"]
 )
@@ -444,7 +454,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "Import an outreach item in any state (admin or service)",
             tag="outreach",
             body=NEW_ITEM,
-            ok={201: ITEM},
+            ok={201: NEW_ITEM_ANSWER},
             problems=merge(TOKEN, {409: ["already_exists"]}),
         )
     },
