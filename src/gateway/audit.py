@@ -34,6 +34,7 @@ from gateway.http import database, now
 from gateway.registry import Node, Role, TokenPrincipal
 from shared.audit import (
     EMPTY_HEAD,
+    MAX_RECORD,
     AuditEntry,
     ChainBreak,
     ChainedRow,
@@ -44,7 +45,10 @@ from shared.audit import (
     extend,
 )
 from shared.errors import Forbidden, NotFound, RoleForbidden
+from shared.fsm import Transition
+from shared.risk import RISK_OVERRIDE_KIND
 from shared.values import format_timestamp
+from shared.wire import BatchItem, CohortDraft, OtherItem, ReportSubmission
 
 HEAD_ID = 1
 PAGE_ROWS = 1000  # rows per query when walking the chain
@@ -80,10 +84,18 @@ class Actor:
             tenant=self.tenant_id,
             facility=facility,
             action=action,
-            record=None if record is None else record[:300],
+            record=None if record is None else _printable(record)[:MAX_RECORD],
             time=format_timestamp(moment),
             outcome=outcome,
         )
+
+
+def _printable(text: str) -> str:
+    """A record as sent in a path (a miss may name anything): escaped to printable
+    ASCII, so that any database stores it (PostgreSQL refuses NUL in text)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")
 
 
 # INSERT … ON CONFLICT DO NOTHING of the head's first row: two first appends
@@ -136,7 +148,7 @@ async def record(request: web.Request, *entries: AuditEntry) -> None:
     await database(request).transact(work)
 
 
-def _outcome_of(error: Exception) -> str | None:
+def outcome_of(error: Exception) -> str | None:
     """The outcome of an operation that raised ``error`` after authentication
     (None: a malformed request, which touched no record and is not recorded)."""
     if isinstance(error, NotFound):
@@ -163,18 +175,23 @@ async def audited(
     action: str,
     record_ref: str | None = None,
     facility: str | None = None,
+    *,
+    success: bool = True,
 ) -> AsyncIterator[Access]:
     """Around a read: one row, ``ok`` once the body ran, ``not_found`` or
-    ``refused`` when it raised that (then the error goes on to the caller)."""
+    ``refused`` when it raised that (then the error goes on to the caller).
+    Around a write (``success=False``), only the refusal: a write that
+    succeeds appends its own row in its own transaction."""
     access = Access(actor, action, record_ref, facility)
     try:
         yield access
     except Exception as err:
-        outcome = _outcome_of(err)
+        outcome = outcome_of(err)
         if outcome is not None:
             await record(request, _entry(request, access, outcome))
         raise
-    await record(request, _entry(request, access, Outcome.OK))
+    if success:
+        await record(request, _entry(request, access, Outcome.OK))
 
 
 def _entry(request: web.Request, access: Access, outcome: str) -> AuditEntry:
@@ -193,6 +210,40 @@ async def authenticate_reader(
     entry = Actor.of_token(principal).entry(action, record_ref, Outcome.REFUSED, now(request))
     await record(request, entry)
     raise RoleForbidden(f"role {principal.role} may not do this; needs {' or '.join(readers)}")
+
+
+def span(kind: str, first: str | int | None, last: str | int | None) -> str | None:
+    """The record of a page read: ``<kind>:<first>..<last>`` (None: an empty page)."""
+    if first is None or last is None:
+        return None
+    return f"{kind}:{first}..{last}"
+
+
+def batch_entries(
+    actor: Actor,
+    items: Sequence[BatchItem],
+    results: Sequence[dict[str, Any]],
+    moment: datetime,
+) -> list[AuditEntry]:
+    """One row per batch item (its record and its status as the outcome)."""
+    entries: list[AuditEntry] = []
+    for item, result in zip(items, results, strict=True):
+        status = str(result["status"])
+        record_ref: Any
+        if isinstance(item, Transition):
+            action, record_ref = "outreach_item.transition", item.item_id
+        elif isinstance(item, ReportSubmission):
+            action, record_ref = "facility_report.submit", result.get("reportId") or item.id
+        elif isinstance(item, CohortDraft):
+            action, record_ref = "cohort.draft", item.cohort_id
+        elif isinstance(item, OtherItem) and item.kind == RISK_OVERRIDE_KIND:
+            entry_id = result.get("entryId")
+            action, record_ref = "risk_score.override", entry_id if entry_id else item.id
+        else:  # a kind nodes may not write, or an unknown one: the item's own id
+            action, record_ref = "batch_item.refused", item.id
+        record_text = None if record_ref is None else str(record_ref)
+        entries.append(actor.entry(action, record_text, status, moment))
+    return entries
 
 
 def _to_columns(row: ChainedRow) -> dict[str, Any]:

@@ -43,11 +43,13 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import audit
 from gateway.db.database import Database
 from gateway.db.schema import export_downloads
 from gateway.http import CLOCK, DATABASE, SETTINGS, Clock
 from gateway.registry import Role, TokenPrincipal
 from gateway.settings import Settings
+from shared.audit import Outcome
 from shared.errors import ExportNotDownloadable, NotFound, PhsError, RoleForbidden
 from shared.values import format_timestamp, is_identifier
 
@@ -352,6 +354,9 @@ async def audited_result(
             bytes=None if row is None or error is not None else len(row.result),
         )
     )
+    outcome = Outcome.OK if error is None else audit.outcome_of(error) or Outcome.REFUSED
+    entry = audit.Actor.of_token(principal).entry(f"{kind.kind}.download", job_id, outcome, moment)
+    await audit.append(conn, [entry], moment)  # last: the chain head's lock until commit
     if error is not None:
         raise error
     assert row is not None

@@ -15,10 +15,12 @@ from typing import NoReturn
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import audit
 from gateway.auth import authenticate_token
 from gateway.db.schema import refused_writes
 from gateway.http import database, now, path_with_query
 from gateway.registry import Role, TokenPrincipal
+from shared.audit import Outcome
 from shared.errors import ItemCode, PolicyServerAuthoritative
 from shared.values import format_timestamp
 
@@ -99,6 +101,10 @@ async def _refuse(
         method=request.method,
         path=path_with_query(request),
     )
+    entry = audit.Actor.of_token(principal).entry(
+        f"{kind}.write", record_id, Outcome.REFUSED, now(request)
+    )
     async with database(request).write() as conn:
         await record_refused(conn, refused, now(request))
+        await audit.append(conn, [entry], now(request))
     raise PolicyServerAuthoritative(detail)

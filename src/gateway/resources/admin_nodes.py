@@ -5,10 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import audit
 from gateway.auth import authenticate_token
 from gateway.http import database, now, read_document, respond
 from gateway.idempotency import Reply, run_write
 from gateway.registry import Role, enroll_node, get_node, revoke_node
+from shared.audit import Outcome
 from shared.errors import NotFound, OutOfScope, ValidationFailed
 from shared.signing import public_key_from
 from shared.values import identifier, only_fields, required
@@ -40,6 +42,10 @@ async def enroll(request: web.Request) -> web.Response:
             capabilities=capabilities,
             now=now(request),
         )
+        row = audit.Actor.of_token(admin).entry(
+            "node.enroll", f"node:{node_id}", Outcome.OK, now(request)
+        )
+        await audit.append(conn, [row], now(request))
         return Reply(201, node.to_wire())
 
     return await run_write(request, admin.principal, body, write)
@@ -60,6 +66,10 @@ async def revoke(request: web.Request) -> web.Response:
 
     async def write(conn: AsyncConnection) -> Reply:
         node = await revoke_node(conn, node_id, now(request), tenant_id=admin.tenant_id)
+        row = audit.Actor.of_token(admin).entry(
+            "node.revoke", f"node:{node_id}", Outcome.OK, now(request)
+        )
+        await audit.append(conn, [row], now(request))
         return Reply(200, node.to_wire())
 
     return await run_write(request, admin.principal, await request.read(), write)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from aiohttp import web
 
-from gateway.auth import authenticate_token
+from gateway import audit
 from gateway.db.schema import facility_reports
 from gateway.http import database, query_int, respond
 from gateway.registry import Role
@@ -22,7 +22,8 @@ from shared.values import identifier
 
 
 async def read(request: web.Request) -> web.Response:
-    principal = await authenticate_token(request, Role.ANALYST, Role.ADMIN)
+    action = "analytics.facility_reports.read"
+    principal = await audit.authenticate_reader(request, action, None, Role.ANALYST, Role.ADMIN)
     q = request.query
     conditions = [facility_reports.c.tenant_id == principal.tenant_id]
     if q.get("facilityId"):
@@ -51,16 +52,22 @@ async def read(request: web.Request) -> web.Response:
     if types:
         conditions.append(facility_reports.c.period_type == types.pop())
     limit = query_int(request, "limit", 1000, 1, 10000)
-    async with database(request).read() as conn:
-        rows = await conn.execute(
-            sa.select(facility_reports)
-            .where(*conditions)
-            .order_by(
-                facility_reports.c.facility_id,
-                facility_reports.c.period_key,
-                facility_reports.c.device_id,
+    facility = q["facilityId"] if q.get("facilityId") else None
+    actor = audit.Actor.of_token(principal)
+    # Aggregates, not patient-level; recorded all the same (docs/audit.md).
+    async with audit.audited(request, actor, action, None, facility) as access:
+        async with database(request).read() as conn:
+            rows = await conn.execute(
+                sa.select(facility_reports)
+                .where(*conditions)
+                .order_by(
+                    facility_reports.c.facility_id,
+                    facility_reports.c.period_key,
+                    facility_reports.c.device_id,
+                )
+                .limit(limit)
             )
-            .limit(limit)
-        )
-        reports = [report_to_wire(r) for r in rows]
+            reports = [report_to_wire(r) for r in rows]
+        if reports:
+            access.record = audit.span("reports", reports[0]["reportId"], reports[-1]["reportId"])
     return respond(request, 200, {"reports": reports})

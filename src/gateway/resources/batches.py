@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import audit
 from gateway.auth import authenticate_node
 from gateway.cohorts import apply_draft_item
 from gateway.http import LIMITS, decode_document, now, read_body
@@ -48,6 +49,9 @@ async def submit(request: web.Request) -> web.Response:
 
     async def write(conn: AsyncConnection) -> Reply:
         results = await apply_batch(conn, node, batch.batch_id, batch.items, raw_items, request)
+        moment = now(request)
+        entries = audit.batch_entries(audit.Actor.of_node(node), batch.items, results, moment)
+        await audit.append(conn, entries, moment)  # last: the chain head's lock until commit
         written.append(results)
         return Reply(200, {"batchId": batch.batch_id, "results": results})
 

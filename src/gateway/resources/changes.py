@@ -13,10 +13,12 @@ import re
 import sqlalchemy as sa
 from aiohttp import web
 
+from gateway import audit
 from gateway.auth import authenticate_node
 from gateway.db.database import Database
 from gateway.db.schema import changes
-from gateway.http import database, query_int, respond, settings
+from gateway.http import database, now, query_int, respond, settings
+from shared.audit import Outcome
 from shared.errors import BadCursor
 
 # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and
@@ -61,6 +63,12 @@ async def read(request: web.Request) -> web.Response:
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = str(rows[-1].seq) if rows else str(since)
+    if rows:  # server data towards the node (PHI); an empty poll read nothing
+        record = audit.span("changes", rows[0].seq, rows[-1].seq)
+        moment = now(request)
+        await audit.record(
+            request, audit.Actor.of_node(node).entry("changes.read", record, Outcome.OK, moment)
+        )
     return respond(
         request,
         200,

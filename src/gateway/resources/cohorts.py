@@ -15,6 +15,7 @@ import re
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import audit
 from gateway.auth import authenticate_token
 from gateway.cohorts import (
     Author,
@@ -96,20 +97,28 @@ async def read_version(request: web.Request) -> web.Response:
 
 
 async def members(request: web.Request) -> web.Response:
-    principal = await authenticate_token(request, *READERS)
+    action = "cohort.members.read"
+    cohort_id = request.match_info["cohortId"]
+    principal = await audit.authenticate_reader(request, action, f"cohort:{cohort_id}", *READERS)
     q = request.query
     facility = identifier(q["facilityId"], "facilityId") if q.get("facilityId") else None
     after = identifier(q["after"], "after") if q.get("after") else None
     limit = query_int(request, "limit", DEFAULT_MEMBERS, 1, MAX_MEMBERS)
-    async with database(request).read() as conn:
-        page = await get_members(
-            conn,
-            principal.tenant_id,
-            request.match_info["cohortId"],
-            facility_id=facility,
-            after=after,
-            limit=limit,
-        )
+    actor = audit.Actor.of_token(principal)
+    # The record: the cohort, then the page's entries once read.
+    async with audit.audited(request, actor, action, f"cohort:{cohort_id}", facility) as access:
+        async with database(request).read() as conn:
+            page = await get_members(
+                conn,
+                principal.tenant_id,
+                cohort_id,
+                facility_id=facility,
+                after=after,
+                limit=limit,
+            )
+        ids = [member["entryId"] for member in page["members"]]
+        if ids:
+            access.record = f"cohort:{cohort_id}/{page['version']}:{ids[0]}..{ids[-1]}"
     return respond(request, 200, page)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import audit
 from gateway.auth import authenticate_token
 from gateway.deident_jobs import DEIDENT_JOBS, KIND, RELEASED, create_job, get_job, parse_request
 from gateway.export_jobs import serve_download, wake_runner
@@ -22,6 +23,7 @@ from gateway.http import PREFIX, database, now, read_document, respond, settings
 from gateway.idempotency import Reply, run_write
 from gateway.refusals import authenticate_writer
 from gateway.registry import Role
+from shared.audit import Outcome
 
 
 async def create(request: web.Request) -> web.Response:
@@ -32,6 +34,10 @@ async def create(request: web.Request) -> web.Response:
 
     async def write(conn: AsyncConnection) -> Reply:
         job = await create_job(conn, principal.tenant_id, params, principal.principal, moment)
+        row = audit.Actor.of_token(principal).entry(
+            "deident_export_job.create", job["id"], Outcome.OK, now(request)
+        )
+        await audit.append(conn, [row], now(request))
         return Reply(202, job, {"Location": f"{PREFIX}/deident-exports/{job['id']}"})
 
     response = await run_write(request, principal.principal, body, write)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import audit
 from gateway.http import database, now, read_document
 from gateway.idempotency import Reply, run_write
 from gateway.reports import store_report, verified_report
@@ -22,8 +23,19 @@ async def submit(request: web.Request) -> web.Response:
     async with database(request).read() as conn:
         report = await verified_report(conn, submission)
 
+    # The report's own signature authenticates it: its device (an enrolled node) acts.
+    actor = audit.Actor(f"node:{report.device_id}", report.tenant_id, report.device_id)
+
     async def write(conn: AsyncConnection) -> Reply:
         outcome = await store_report(conn, submission, report, now(request))
+        row = actor.entry(
+            "facility_report.submit",
+            outcome.report_id,
+            outcome.status,
+            now(request),
+            report.facility_id,
+        )
+        await audit.append(conn, [row], now(request))
         if outcome.status == "conflict":
             return Reply.from_error(
                 ReportConflict(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import audit
 from gateway.auth import authenticate_token
 from gateway.export_jobs import serve_download, wake_runner
 from gateway.hmis_jobs import HMIS_JOBS, KIND, SUCCEEDED, create_job, get_job
@@ -21,6 +22,7 @@ from gateway.http import PREFIX, database, now, read_document, respond
 from gateway.idempotency import Reply, run_write
 from gateway.refusals import authenticate_writer
 from gateway.registry import Role
+from shared.audit import Outcome
 from shared.periods import parse_period
 from shared.values import only_fields, required
 
@@ -35,6 +37,10 @@ async def create(request: web.Request) -> web.Response:
 
     async def write(conn: AsyncConnection) -> Reply:
         job = await create_job(conn, principal.tenant_id, period, principal.principal, now(request))
+        row = audit.Actor.of_token(principal).entry(
+            "hmis_export_job.create", job["id"], Outcome.OK, now(request)
+        )
+        await audit.append(conn, [row], now(request))
         return Reply(202, job, {"Location": f"{PREFIX}/hmis-exports/{job['id']}"})
 
     response = await run_write(request, principal.principal, body, write)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import audit
 from gateway.auth import authenticate_token
 from gateway.http import database, now, read_document, respond
 from gateway.idempotency import Reply, run_write
 from gateway.outreach import Scope, Source, apply_transitions, create_item, get_item, parse_new_item
 from gateway.registry import Role
+from shared.audit import Outcome
 from shared.fsm import Role as FsmRole
 from shared.fsm import Transition
 from shared.values import identifier, only_fields, parse_timestamp, required, text
@@ -23,15 +25,24 @@ async def create(request: web.Request) -> web.Response:
     fields = parse_new_item(doc)
 
     async def write(conn: AsyncConnection) -> Reply:
-        return Reply(201, await create_item(conn, principal.tenant_id, fields, now(request)))
+        item = await create_item(conn, principal.tenant_id, fields, now(request))
+        entry = audit.Actor.of_token(principal).entry(
+            "outreach_item.create", item["id"], Outcome.OK, now(request), item["facilityId"]
+        )
+        await audit.append(conn, [entry], now(request))
+        return Reply(201, item)
 
     return await run_write(request, principal.principal, body, write)
 
 
 async def read(request: web.Request) -> web.Response:
     principal = await authenticate_token(request, Role.ADMIN, Role.SERVICE, Role.ANALYST)
-    async with database(request).read() as conn:
-        item = await get_item(conn, request.match_info["id"], principal.tenant_id)
+    actor = audit.Actor.of_token(principal)
+    item_id = request.match_info["id"]
+    async with audit.audited(request, actor, "outreach_item.read", item_id) as access:
+        async with database(request).read() as conn:
+            item = await get_item(conn, item_id, principal.tenant_id)
+        access.facility = item["facilityId"]
     return respond(request, 200, item)
 
 
@@ -57,6 +68,10 @@ async def transition(request: web.Request) -> web.Response:
         [result] = await apply_transitions(
             conn, [incoming], Scope(principal.tenant_id, None), Source(principal.principal), moment
         )
+        entry = audit.Actor.of_token(principal).entry(
+            "outreach_item.transition", incoming.item_id, result["status"], moment
+        )
+        await audit.append(conn, [entry], moment)
         return Reply(200, result)
 
     return await run_write(request, principal.principal, body, write)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.auth import authenticate_token
+from gateway import audit
 from gateway.http import database, now, query_int, read_document, respond
 from gateway.idempotency import Reply, run_write
 from gateway.refusals import authenticate_writer
@@ -23,11 +23,13 @@ from gateway.registry_entries import (
     list_entries,
     upsert_entry,
 )
+from shared.audit import Outcome
 from shared.errors import ValidationFailed
 from shared.registry import parse_registry_entry
 from shared.values import identifier
 
 KIND = "disease_registry_entry"
+READERS = (Role.ADMIN, Role.ANALYST)
 
 
 async def put(request: web.Request) -> web.Response:
@@ -40,6 +42,10 @@ async def put(request: web.Request) -> web.Response:
 
     async def write(conn: AsyncConnection) -> Reply:
         done = await upsert_entry(conn, principal.tenant_id, entry, now(request))
+        row = audit.Actor.of_token(principal).entry(
+            "registry_entry.put", entry.id, Outcome.OK, now(request), entry.facility_id
+        )
+        await audit.append(conn, [row], now(request))
         return Reply(201 if done.created else 200, done.entry)
 
     return await run_write(request, principal.principal, body, write)
@@ -50,27 +56,46 @@ async def delete(request: web.Request) -> web.Response:
     principal = await authenticate_writer(request, KIND, entry_id, Role.SERVICE)
     body = await request.read()
 
-    async def write(conn: AsyncConnection) -> Reply:
-        return Reply(200, await delete_entry(conn, principal.tenant_id, entry_id, now(request)))
+    actor = audit.Actor.of_token(principal)
 
-    return await run_write(request, principal.principal, body, write)
+    async def write(conn: AsyncConnection) -> Reply:
+        deleted = await delete_entry(conn, principal.tenant_id, entry_id, now(request))
+        row = actor.entry(
+            "registry_entry.delete", entry_id, Outcome.OK, now(request), deleted.get("facilityId")
+        )
+        await audit.append(conn, [row], now(request))
+        return Reply(200, deleted)
+
+    # No such entry (or another tenant's): its own row, as the write rolled back.
+    async with audit.audited(request, actor, "registry_entry.delete", entry_id, success=False):
+        return await run_write(request, principal.principal, body, write)
 
 
 async def read(request: web.Request) -> web.Response:
-    principal = await authenticate_token(request, Role.ADMIN, Role.ANALYST)
-    async with database(request).read() as conn:
-        entry = await get_entry(conn, principal.tenant_id, request.match_info["id"])
+    entry_id = request.match_info["id"]
+    action = "registry_entry.read"
+    principal = await audit.authenticate_reader(request, action, entry_id, *READERS)
+    actor = audit.Actor.of_token(principal)
+    async with audit.audited(request, actor, action, entry_id) as access:
+        async with database(request).read() as conn:
+            entry = await get_entry(conn, principal.tenant_id, entry_id)
+        access.facility = entry.get("facilityId")
     return respond(request, 200, entry)
 
 
 async def list_(request: web.Request) -> web.Response:
-    principal = await authenticate_token(request, Role.ADMIN, Role.ANALYST)
+    action = "registry_entry.list"
+    principal = await audit.authenticate_reader(request, action, None, *READERS)
     q = request.query
     facility = identifier(q["facilityId"], "facilityId") if q.get("facilityId") else None
     after = identifier(q["after"], "after") if q.get("after") else None
     limit = query_int(request, "limit", DEFAULT_LIST, 1, MAX_LIST)
-    async with database(request).read() as conn:
-        page = await list_entries(
-            conn, principal.tenant_id, facility_id=facility, after=after, limit=limit
-        )
+    actor = audit.Actor.of_token(principal)
+    async with audit.audited(request, actor, action, None, facility) as access:
+        async with database(request).read() as conn:
+            page = await list_entries(
+                conn, principal.tenant_id, facility_id=facility, after=after, limit=limit
+            )
+        ids = [entry["id"] for entry in page["entries"]]
+        access.record = audit.span("entries", ids[0], ids[-1]) if ids else None
     return respond(request, 200, page)
