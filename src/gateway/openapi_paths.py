@@ -384,6 +384,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "303": _see_page("Logged in: Set-Cookie phs_admin, to the page"),
                 "401": _raw(HTML, "Not an admin token: the login form again"),
+                "400": problem_answer(400, ["malformed_body"]),
                 "413": problem_answer(413, ["payload_too_large"]),
             },
         },

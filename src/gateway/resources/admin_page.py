@@ -19,6 +19,7 @@ from gateway.auth import authenticate_token
 from gateway.http import database, now, respond
 from gateway.registry import Role, TokenPrincipal, find_token
 from observability.html_page import SECURITY_HEADERS
+from shared.errors import MalformedBody
 
 PAGE_PATH = "/admin"
 COOKIE = "phs_admin"
@@ -74,7 +75,10 @@ async def page(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     """The login form's POST: an admin token in, a session cookie out (303 to the page)."""
-    form = await request.post()
+    try:
+        form = await request.post()
+    except ValueError as err:  # multipart without a boundary, a malformed part, …
+        raise MalformedBody(f"the login form cannot be read: {str(err)[:100]}") from err
     token = form.get("token")
     admin = await _admin_by_token(request, token.strip()) if isinstance(token, str) else None
     if admin is None or not isinstance(token, str):
