@@ -38,6 +38,7 @@ from gateway.resources import (
     registry,
     risk_scores,
 )
+from gateway.serving_lock import ServingLock
 from gateway.settings import Settings
 from observability.metrics import request_metrics
 from shared.encoding import Limits
@@ -130,9 +131,13 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> web.Applicati
 async def _database(app: web.Application) -> AsyncIterator[None]:
     database = Database.for_settings(app[SETTINGS])
     await database.migrate()
+    # Before serving: claims a killed gateway left in flight are released (serving_lock).
+    serving = ServingLock(database)
+    await serving.acquire()
     app[DATABASE] = database
     yield
     await finish_writes(app)
+    await serving.release()
     await database.close()
 
 
