@@ -7,8 +7,9 @@ picks cut moments in that log (right after an answer left, right before and
 after a sync, anywhere at random), rebuilds the directory each cut leaves
 (``replay.DiskModel``), opens it with the stock sqlite3 module (which runs
 SQLite's own recovery: hot journal, WAL replay) and checks that
-``PRAGMA integrity_check`` answers ``ok`` and that every record whose answer
-had left before the cut is there.
+``PRAGMA integrity_check`` answers ``ok``, ``PRAGMA foreign_key_check``
+finds no dangling row, and every record whose answer had left before the cut
+is there.
 """
 
 from __future__ import annotations
@@ -173,6 +174,9 @@ def _check_image(
         verdict = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
         if verdict != ["ok"]:
             return f"integrity_check: {verdict[:5]}", []
+        dangling = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if dangling:  # a row whose parent the cut lost: a torn transaction
+            return f"foreign_key_check: {[tuple(r) for r in dangling[:5]]}", []
         wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
         for ack in due:
             wanted[(ack.table, ack.column)].update(ack.keys)
