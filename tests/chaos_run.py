@@ -201,10 +201,11 @@ def field_work(items: int, rng: random.Random, today: date) -> FieldWork:
     days = [today - timedelta(days=n) for n in range(REPORT_DAYS, 0, -1)]
     for day in days:
         midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        todays = []
+        todays: list[dict[str, Any]] = []
         for n in range(ENCOUNTERS_PER_DAY):
-            doc = {
-                "id": f"enc-{day.isoformat()}-{n:03d}",
+            enc_id = f"enc-{day.isoformat()}-{n:03d}"
+            doc: dict[str, Any] = {
+                "id": enc_id,
                 "patientRef": f"pt-{rng.randrange(PATIENTS):03d}",
                 "facilityId": FACILITY,
                 "occurredAt": format_timestamp(midnight + timedelta(seconds=rng.randrange(86400))),
@@ -212,7 +213,7 @@ def field_work(items: int, rng: random.Random, today: date) -> FieldWork:
                 "screeningDue": rng.random() < 0.5,
                 "immunizationDue": rng.random() < 0.4,
             }
-            encounters[doc["id"]] = doc
+            encounters[enc_id] = doc
             todays.append(doc)
         for start in range(0, len(todays), ENCOUNTER_PUSH):
             device = DEVICES[(start // ENCOUNTER_PUSH) % len(DEVICES)]
