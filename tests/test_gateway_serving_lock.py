@@ -12,6 +12,8 @@ killed process's).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -96,3 +98,15 @@ async def test_gateway_starting_beside_a_live_one_releases_nothing(
             assert await cancel(second, admin, "k-1") == (409, "idempotency_in_flight")
         assert await cancel(first, admin, "k-1") == (409, "idempotency_in_flight")
         assert await history(first, admin) == []
+
+
+async def test_the_lock_takes_no_connection_of_the_pool(
+    gateway_settings: Settings, clock: FakeClock
+) -> None:
+    """Held for the process's life on a connection of its own: a PostgreSQL pool
+    of one still serves requests (on the pool's, it would wait forever)."""
+    settings = dataclasses.replace(gateway_settings, database_pool_size=1, database_pool_overflow=0)
+    async with running(settings, clock) as gateway:
+        admin = await gateway.token("admin")
+        await asyncio.wait_for(gateway.create_item(admin, "item-1", "assigned"), 30)
+        assert await asyncio.wait_for(cancel(gateway, admin, "k-1"), 30) == (200, "applied")

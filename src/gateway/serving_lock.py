@@ -35,7 +35,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from gateway.db.database import Database
 from gateway.db.schema import idempotency_keys
@@ -52,6 +53,7 @@ class ServingLock:
         self._database = database
         self._fd: int | None = None  # SQLite: the locked file
         self._connection: AsyncConnection | None = None  # PostgreSQL: the lock's session
+        self._engine: AsyncEngine | None = None  # ... opened outside the store's pool
 
     async def acquire(self) -> int:
         """Hold the lock shared; first, when no other serving process is alive,
@@ -81,7 +83,10 @@ class ServingLock:
         return released
 
     async def _acquire_advisory(self) -> int:
-        connection = await self._database.session_connection()
+        # A connection of its own, not one of the pool's: held for the process's
+        # life, it would leave a pool of one with none for the requests.
+        self._engine = create_async_engine(self._database.url, poolclass=NullPool)
+        connection = await self._engine.connect()
         try:
             key = {"key": SERVING_LOCK_KEY}
             alone = (
@@ -95,6 +100,7 @@ class ServingLock:
             await connection.commit()
         except BaseException:
             await _discard(connection)
+            await self.release()
             raise
         self._connection = connection
         return released
@@ -120,6 +126,9 @@ class ServingLock:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await _discard(connection)
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
 
 
 async def _share(fd: int) -> None:
