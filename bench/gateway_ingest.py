@@ -29,7 +29,11 @@ gateway process and of the raw run, which a busy machine disturbs far less.
 
     .venv/bin/python bench/gateway_ingest.py [--transitions N] [--batch-size 500]
         [--senders S] [--dir DIR] [--keep] [--profile OUT.svg]
-        [--database-url postgresql+asyncpg://… [--workers N]]
+        [--database-url postgresql+asyncpg://… [--workers N]] [--feed-readers R]
+
+``--feed-readers R`` has R tasks follow ``GET …/sync/changes`` as the node
+while the batches are sent (on PostgreSQL each read first waits for the write
+transactions under way), and prints how much they read and how fast.
 
 docs/performance.md has the method, the figures and what the profile shows.
 """
@@ -54,7 +58,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,6 +77,7 @@ from shared.values import format_timestamp
 
 PREFIX = "/api/v1/population-health"
 BATCH_PATH = f"{PREFIX}/sync/batches"
+CHANGES_PATH = f"{PREFIX}/sync/changes"
 TENANT = "t-bench"
 FACILITY = "f-bench"
 NODE_ID = "edge-bench"
@@ -346,6 +351,48 @@ def sign_batches(plan: Plan, keypair: KeyPair, created_at: str) -> list[list[Req
     return lanes
 
 
+@dataclass
+class FeedReading:
+    """What the change-feed readers did while the batches were sent."""
+
+    pages: int = 0
+    changes: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+async def read_feed_until(
+    session: aiohttp.ClientSession,
+    base: str,
+    keypair: KeyPair,
+    done: asyncio.Event,
+    reading: FeedReading,
+) -> None:
+    """Follow ``GET …/sync/changes`` as the node does, page after page, until
+    ``done``: each read of the feed waits on PostgreSQL for the write
+    transactions under way (gateway.db.database), which is the cost measured."""
+    since = "0"
+    while not done.is_set():
+        path = f"{CHANGES_PATH}?since={since}&limit=500"
+        headers = {
+            "Authorization": authorization_header(
+                keypair, NODE_ID, "GET", path, b"", int(time.time())
+            ),
+            "Accept": "application/msgpack",
+        }
+        began = time.perf_counter()
+        async with session.get(f"{base}{path}", headers=headers) as r:
+            answer = await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"feed read: {r.status} {answer[:500]!r}")
+        reading.latencies.append(time.perf_counter() - began)
+        page = msgpack.unpackb(answer, raw=False)
+        reading.pages += 1
+        reading.changes += len(page["changes"])
+        since = page["cursor"]
+        if not page["more"]:
+            await asyncio.sleep(0.01)  # caught up: poll again soon, as a busy node would
+
+
 async def send_lanes(
     session: aiohttp.ClientSession, base: str, lanes: list[list[Request]]
 ) -> tuple[float, list[float]]:
@@ -400,6 +447,7 @@ class GatewayRun:
     latencies: list[float]
     cpu_seconds: float  # the gateway's processes', during the timed part
     database_cpu_seconds: float | None  # PostgreSQL's server processes' (None: SQLite)
+    feed: FeedReading  # the change-feed readers' work meanwhile (--feed-readers)
 
 
 async def verify_gateway_store(store: Store, plan: Plan) -> None:
@@ -514,8 +562,10 @@ async def drive_gateway(
     plan: Plan,
     start: datetime,
     profile: str | None,
+    feed_readers: int,
 ) -> GatewayRun:
-    """Set up the items, then time the batches."""
+    """Set up the items, then time the batches (with ``feed_readers`` following
+    the change feed meanwhile)."""
     proc = served.proc
     connector = aiohttp.TCPConnector(limit=max(SETUP_CONCURRENCY, len(plan.lanes)))
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -528,20 +578,34 @@ async def drive_gateway(
             flush=True,
         )
         lanes = sign_batches(plan, keypair, format_timestamp(start))
+        done, reading = asyncio.Event(), FeedReading()
+        readers = [
+            asyncio.create_task(read_feed_until(session, base, keypair, done, reading))
+            for _ in range(feed_readers)
+        ]
         with profiled(proc.pid, profile):
             cpu_before = gateway_cpu_seconds(proc.pid)
             db_before = await postgres_backend_cpu(store.url) if store.url else {}
-            elapsed, latencies = await send_lanes(session, base, lanes)
+            try:
+                elapsed, latencies = await send_lanes(session, base, lanes)
+            finally:
+                done.set()
+                await asyncio.gather(*readers)
             cpu = cpu_used(cpu_before, gateway_cpu_seconds(proc.pid))
             db_cpu = None
             if store.url:
                 db_cpu = cpu_used(db_before, await postgres_backend_cpu(store.url))
         await verify_over_http(session, base, token, plan)
-    return GatewayRun(elapsed, latencies, cpu, db_cpu)
+    return GatewayRun(elapsed, latencies, cpu, db_cpu, reading)
 
 
 def run_gateway(
-    store: Store, workers: int, plan: Plan, start: datetime, profile: str | None
+    store: Store,
+    workers: int,
+    plan: Plan,
+    start: datetime,
+    profile: str | None,
+    feed_readers: int = 0,
 ) -> GatewayRun:
     token = cli(store, "create-token", "--tenant", TENANT, "--role", "admin").splitlines()[0]
     keypair = KeyPair.generate()
@@ -552,7 +616,18 @@ def run_gateway(
     with gateway_process(store, port, workers) as served:
         run = asyncio.run(
             asyncio.wait_for(
-                drive_gateway(base, served, store, workers, token, keypair, plan, start, profile),
+                drive_gateway(
+                    base,
+                    served,
+                    store,
+                    workers,
+                    token,
+                    keypair,
+                    plan,
+                    start,
+                    profile,
+                    feed_readers,
+                ),
                 DEADLINE_SECONDS,
             )
         )
@@ -790,6 +865,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     parser.add_argument(
+        "--feed-readers",
+        type=int,
+        default=0,
+        help="nodes following GET …/sync/changes while the batches are sent (0..16)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="OUT",
         help="sample the gateway with py-spy during the timed part into OUT "
@@ -800,6 +881,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--transitions must be in 1..300000")
     if not 1 <= args.batch_size <= 5000:
         parser.error("--batch-size must be in 1..5000 (the gateway's batch limit)")
+    if not 0 <= args.feed_readers <= 16:
+        parser.error("--feed-readers must be in 0..16")
     if not 1 <= args.workers <= 16:
         parser.error("--workers must be in 1..16")
     if args.workers > 1 and not args.database_url:
@@ -834,7 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.database_url:
             gateway_url = asyncio.run(create_postgres_database(args.database_url, "gateway"))
         store = Store(work_dir / "gateway", gateway_url)
-        gateway = run_gateway(store, args.workers, plan, start, args.profile)
+        gateway = run_gateway(store, args.workers, plan, start, args.profile, args.feed_readers)
         raw_runs: list[tuple[float, float, float | None]] = []
         for n in range(RAW_RUNS):
             if args.database_url:
@@ -877,6 +960,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"PostgreSQL CPU per batch: under the gateway {cpu(gateway.database_cpu_seconds)}, "
             f"under raw {cpu(statistics.median(raw_db))}"
+        )
+    feed = gateway.feed
+    if args.feed_readers:
+        print(
+            f"change feed: {args.feed_readers} reader(s) read {feed.pages} pages "
+            f"({feed.changes:,} changes) meanwhile; page latency p50 "
+            f"{percentile(feed.latencies, 0.50) * 1000:.1f} ms, "
+            f"p95 {percentile(feed.latencies, 0.95) * 1000:.1f} ms"
         )
     print(f"whole run: {total:.1f} s; {machine()}")
     return 0
