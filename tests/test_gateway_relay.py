@@ -828,6 +828,9 @@ async def test_a_relay_whose_lock_session_dies_gives_way(stream: TestStream) -> 
                         "SELECT pg_terminate_backend(pid) FROM pg_locks"
                         " WHERE locktype = 'advisory' AND granted"
                         " AND pid <> pg_backend_pid()"
+                        # this test's database only: other tests run beside it
+                        " AND database = (SELECT oid FROM pg_database"
+                        " WHERE datname = current_database())"
                     )
                 )
             await until(lambda: second.lock.held, 30)

@@ -21,10 +21,16 @@ under which the entry is no longer a member). A member kept by a new version
 is announced again with the new version; one whose entry moves facility is a
 delete for the old facility's nodes and an upsert for the new one's.
 
-On PostgreSQL a new version holds its cohort row ``FOR UPDATE`` and an entry's
-recomputation holds its tenant's cohort rows ``FOR SHARE``, so the two never
-interleave: whichever commits second sees the other's writes. (SQLite has one
-writer; the lock clauses are not emitted there.)
+On PostgreSQL the two kinds of recomputation never interleave within a
+tenant: a cohort's (a new version, the daily one) holds the tenant's
+membership lock exclusively, an entry's holds it shared (a transaction-scoped
+advisory lock, ``hold_tenant``), each taken before its first read, so
+whichever commits second sees the other's writes. A lock on the cohort rows
+(``FOR SHARE``) was not enough: under READ COMMITTED the statement that
+waited for a new version re-checked the cohort row but joined it to the
+version rows of its old snapshot, and evaluated the entry against no version
+at all; nor does a row lock see a cohort being created. (SQLite has one
+writer; no lock is taken there.)
 """
 
 from __future__ import annotations
@@ -140,18 +146,26 @@ def _latest_query(tenant_id: str) -> sa.Select[Any]:
     )
 
 
-async def latest_versions(
-    conn: AsyncConnection, tenant_id: str, *, share_lock: bool = False
-) -> list[LatestVersion]:
-    """Every cohort of the tenant at its latest version, in id order.
+# The advisory lock space of the tenants' membership locks (two int4 keys:
+# this class, hashtext(tenant)); apart from the gateway's int8 keys.
+MEMBERSHIP_LOCK_CLASS = 0x5048_4D42  # "PHMB"
 
-    ``share_lock``: hold the cohort rows ``FOR SHARE`` (PostgreSQL) until the
-    transaction ends, so no new version commits in between.
-    """
-    query = _latest_query(tenant_id)
-    if share_lock:
-        query = query.with_for_update(read=True, of=cohorts)
-    rows = (await conn.execute(query)).all()
+
+async def hold_tenant(conn: AsyncConnection, tenant_id: str, *, exclusive: bool) -> None:
+    """Take ``tenant_id``'s membership lock until the transaction ends: shared to
+    recompute entries, exclusive to recompute a cohort (module docstring)."""
+    if conn.dialect.name == "sqlite":
+        return  # one writer at a time already
+    take = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await conn.execute(
+        sa.text(f"SELECT {take}(:lock_class, hashtext(:tenant))"),
+        {"lock_class": MEMBERSHIP_LOCK_CLASS, "tenant": tenant_id},
+    )
+
+
+async def latest_versions(conn: AsyncConnection, tenant_id: str) -> list[LatestVersion]:
+    """Every cohort of the tenant at its latest version, in id order."""
+    rows = (await conn.execute(_latest_query(tenant_id))).all()
     return [
         LatestVersion(r.cohort_id, r.latest_version, stored_definition(r.canonical)) for r in rows
     ]
@@ -321,7 +335,10 @@ async def recompute_cohort(
 ) -> Delta:
     """Make the stored members of ``cohort_id`` those of ``version`` (its new
     latest) over every live entry of the tenant. The caller holds the cohort
-    row (``FOR UPDATE``) and has stored ``version``."""
+    row (``FOR UPDATE``) and has stored ``version``; ``entries``, when given, were
+    read under the tenant's exclusive membership lock."""
+    if entries is None:
+        await hold_tenant(conn, tenant_id, exclusive=True)
     today = evaluation_date(moment)
     if entries is None:
         entries = await live_entries(conn, tenant_id)
@@ -345,7 +362,8 @@ async def recompute_entries(
     line with the latest version of every cohort of the tenant."""
     if not entries:
         return Delta()
-    latest = await latest_versions(conn, tenant_id, share_lock=True)
+    await hold_tenant(conn, tenant_id, exclusive=False)
+    latest = await latest_versions(conn, tenant_id)
     today = evaluation_date(moment)
     wanted: dict[tuple[str, str], tuple[int, str]] = {}
     for entry_id, entry in entries.items():
@@ -378,6 +396,7 @@ async def recompute_dated(conn: AsyncConnection, moment: datetime) -> Delta:
     tenants = (await conn.execute(sa.select(cohorts.c.tenant_id).distinct())).scalars().all()
     delta = Delta()
     for tenant_id in sorted(tenants):
+        await hold_tenant(conn, tenant_id, exclusive=True)
         dated = [
             c for c in await latest_versions(conn, tenant_id) if depends_on_today(c.definition)
         ]
