@@ -120,3 +120,52 @@ def test_pool_and_retry_settings_are_checked() -> None:
         Database("sqlite+aiosqlite:///:memory:", retry_attempts=0)
     with pytest.raises(ValidationFailed):
         Database("postgresql+asyncpg://nobody@127.0.0.1/none", pool_size=0)
+
+
+async def test_sessions_the_server_ended_answer_503_and_the_pool_reconnects(
+    pg_store: Database,
+) -> None:
+    """PostgreSQL restarted, failed over, or an operator ended the sessions:
+    each pooled connection is dead. The request that meets one answers 503
+    with Retry-After (not 500), the pool drops every connection, and the next
+    requests run on fresh ones."""
+
+    async def hit(conn: AsyncConnection) -> None:
+        await _hit(conn, 1)
+
+    # Fill the pool with several idle connections.
+    async def hold_one() -> None:
+        async with pg_store.read() as conn:
+            await conn.execute(text("SELECT pg_sleep(0.05)"))
+
+    await asyncio.gather(*(hold_one() for _ in range(5)))
+    await pg_store.transact(hit)
+    operator = Database(pg_store.url.render_as_string(hide_password=False))
+    try:
+        async with operator.write() as conn:
+            ended = (
+                await conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            ).scalar_one()
+    finally:
+        await operator.close()
+    assert ended >= 1
+    outcomes: list[str] = []
+    for _ in range(10):
+        try:
+            await pg_store.transact(hit)
+            outcomes.append("done")
+        except ServiceUnavailable as err:
+            assert err.headers()["Retry-After"] == "1"
+            outcomes.append("503")
+        async with pg_store.read() as conn:  # reads too come back
+            await conn.execute(text("SELECT 1"))
+    assert outcomes.count("503") <= 1, outcomes  # the pool drops all its connections at once
+    assert outcomes[-5:] == ["done"] * 5, outcomes
+    async with pg_store.read() as conn:
+        hits = (await conn.execute(text("SELECT hits FROM pair WHERE id = 1"))).scalar_one()
+    assert hits == 1 + outcomes.count("done")

@@ -26,8 +26,13 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -48,6 +53,7 @@ from sqlalchemy import (
     make_url,
     text,
 )
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -98,6 +104,41 @@ def _sqlite_engine(url: str, begin: str, pool_size: int) -> AsyncEngine:
     return engine
 
 
+def _postgres_engine(url: str, pool_size: int, pool_overflow: int) -> AsyncEngine:
+    engine = create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_overflow, hide_parameters=True
+    )
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def on_error(context: ExceptionContext) -> None:
+        # A session the server ended (restart, failover, an operator's
+        # pg_terminate_backend) now and then surfaces from asyncpg as "cannot
+        # switch to state …; another operation is in progress" rather than
+        # "connection is closed", and SQLAlchemy then put the broken connection
+        # back in its pool, to fail every request it served (sqlalchemy#13241).
+        # It is a lost connection: the pool must drop it, as for the others.
+        import asyncpg  # loaded already: this engine's driver
+
+        if isinstance(context.original_exception.__cause__, asyncpg.InternalClientError):
+            context.is_disconnect = True
+
+    return engine
+
+
+@contextmanager
+def _unavailable_when_disconnected() -> Iterator[None]:
+    """A lost database connection answers 503 with Retry-After, not 500: the
+    pool has dropped its connections (SQLAlchemy invalidates them all on a
+    disconnect) and the retry gets a fresh one."""
+    try:
+        yield
+    except DBAPIError as err:
+        if not err.connection_invalidated:
+            raise
+        log.warning("database connection lost (%s); the pool reconnects", type(err.orig).__name__)
+        raise ServiceUnavailable("the database connection was lost; retry", retry_after=1) from err
+
+
 # SQLSTATEs of a PostgreSQL transaction aborted only because of a concurrent
 # one (deadlock victim, serialization failure): run again, it will succeed.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
@@ -122,9 +163,7 @@ class Database:
             self._writer = _sqlite_engine(url, "BEGIN IMMEDIATE", pool_size=1)
             self._reader = _sqlite_engine(url, "BEGIN", pool_size=4)
         else:
-            self._writer = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_overflow, hide_parameters=True
-            )
+            self._writer = _postgres_engine(url, pool_size, pool_overflow)
             self._reader = self._writer
         self._write_lock: AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if self.is_sqlite else nullcontext()
@@ -143,10 +182,11 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction: committed on exit, rolled back on error."""
-        async with self._write_lock, self._writer.begin() as conn:
-            if not self.is_sqlite:
-                await conn.exec_driver_sql(_SHARE_WRITERS_LOCK)
-            yield conn
+        with _unavailable_when_disconnected():
+            async with self._write_lock, self._writer.begin() as conn:
+                if not self.is_sqlite:
+                    await conn.exec_driver_sql(_SHARE_WRITERS_LOCK)
+                yield conn
 
     async def transact(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """``work`` in one write transaction, run again when PostgreSQL aborted it
@@ -185,8 +225,9 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only snapshot (one transaction, rolled back on exit)."""
-        async with self._reader.connect() as conn:
-            yield conn
+        with _unavailable_when_disconnected():
+            async with self._reader.connect() as conn:
+                yield conn
 
     async def session_connection(self) -> AsyncConnection:
         """A connection of its own (PostgreSQL), for state that lives as long as
