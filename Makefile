@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The suite waits on subprocesses, sockets and fsyncs as much as it computes:
+# two pytest workers (pytest-xdist) cut its time on a 2-core machine (README).
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint bench install clean
 
@@ -10,9 +13,9 @@ STAMP  := $(VENV)/.installed-stamp
 demo: $(STAMP)
 	$(BIN)/python -m edgenode.demo
 
-## test: lint, type-check and run the whole test suite
+## test: lint, type-check and run the whole test suite (TEST_WORKERS processes at once)
 test: $(STAMP) lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -88,8 +88,13 @@ def check_stores(
     )
     outcomes = Counter((r["local_disposition"], r["gateway_status"]) for r in edge_rows)
     expect(set(outcomes) == {("applied", "applied")}, f"edge transition outcomes: {outcomes}")
+    at_edge = edge_states(edge_db)
+    differing = sorted(i for i in plan.states if at_edge.get(i) != plan.states[i])
     expect(
-        edge_states(edge_db) == plan.states, "the edge's items differ from the fault-free states"
+        not differing and set(at_edge) == set(plan.states),
+        "the edge's items differ from the fault-free states: "
+        + ", ".join(f"{i} {at_edge.get(i)} (fault-free {plan.states[i]})" for i in differing[:10])
+        + f"; {len(set(at_edge) - set(plan.states))} items the plan does not have",
     )
 
     # Encounters stay at the edge: every acknowledged one exactly once, unchanged.

@@ -108,7 +108,7 @@ class LifeShape:
 
 @dataclass(frozen=True)
 class ChaosSettings:
-    """How long the run is. CI: 60 edge and 40 gateway kills (100 in all).
+    """How long the run is. CI: 120 edge and 80 gateway kills (200 in all).
 
     ``PHS_CHAOS_KILLS=N`` kills each service N times (the full run:
     ``PHS_CHAOS_KILLS=1000``); ``PHS_CHAOS_EDGE_KILLS`` and
@@ -116,8 +116,8 @@ class ChaosSettings:
     """
 
     seed: int
-    edge_kills: int = 60
-    gateway_kills: int = 40
+    edge_kills: int = 120
+    gateway_kills: int = 80
     # share of lives killed before they answer their readiness URL
     edge: LifeShape = LifeShape(early=0.3, startup_window=0.05, serve_window=0.8)
     # Ready lives of the gateway last longer: it takes twice the edge's time to
