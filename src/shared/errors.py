@@ -13,7 +13,8 @@ service renders it as an RFC 9457 problem document::
     │   ├── MissingCredentials       unauthenticated
     │   ├── UnknownKey               unknown_key
     │   ├── BadSignature             bad_signature
-    │   └── ClockSkew                clock_skew
+    │   ├── ClockSkew                clock_skew
+    │   └── KeyRetired               key_retired
     ├── Forbidden (403)
     │   ├── KeyRevoked               key_revoked
     │   ├── RoleForbidden            forbidden
@@ -130,6 +131,15 @@ class BadSignature(Unauthorized):
 class ClockSkew(Unauthorized):
     code = "clock_skew"
     title = "Clock skew too large"
+
+
+class KeyRetired(Unauthorized):
+    """A node key whose rotation overlap window is over (docs/key-rotation.md):
+    a 401, unlike a revoked key's 403, because the node itself is still
+    trusted and may authenticate again with its newer key."""
+
+    code = "key_retired"
+    title = "Key retired"
 
 
 class Forbidden(PhsError):
@@ -313,3 +323,4 @@ class ItemCode(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_KEY = "unknown_key"
     KEY_REVOKED = "key_revoked"
+    KEY_RETIRED = "key_retired"
