@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -9,13 +11,28 @@ from gateway import audit
 from gateway.auth import authenticate_token
 from gateway.http import database, now, read_document, respond
 from gateway.idempotency import Reply, run_write
-from gateway.registry import Role, enroll_node, get_node, revoke_node
+from gateway.registry import CAPABILITIES, Role, enroll_node, get_node, revoke_node
 from shared.audit import Outcome
 from shared.errors import NotFound, OutOfScope, ValidationFailed
 from shared.signing import public_key_from
 from shared.values import identifier, only_fields, required
 
 NODE_FIELDS = frozenset({"nodeId", "tenantId", "facilityIds", "publicKey", "capabilities"})
+
+
+def parse_capabilities(value: Any) -> list[str]:
+    """``capabilities``: an array of capability names the gateway knows
+    (CONTRACT section 3), each checked before it goes near a set or the store:
+    a number, a map or a list among them was a 500 (unhashable, unsortable)."""
+    if not isinstance(value, list):
+        raise ValidationFailed("capabilities must be an array", field="capabilities")
+    known = ", ".join(sorted(CAPABILITIES))
+    for n, item in enumerate(value):
+        if not isinstance(item, str) or item not in CAPABILITIES:
+            raise ValidationFailed(
+                f"capabilities[{n}] must be one of: {known}", field="capabilities"
+            )
+    return value
 
 
 async def enroll(request: web.Request) -> web.Response:
@@ -26,9 +43,9 @@ async def enroll(request: web.Request) -> web.Response:
     if tenant_id != admin.tenant_id:
         raise OutOfScope(f"an admin of {admin.tenant_id} cannot enroll nodes of {tenant_id}")
     facilities = required(doc, "facilityIds")
-    capabilities = doc.get("capabilities", [])
-    if not isinstance(facilities, list) or not isinstance(capabilities, list):
-        raise ValidationFailed("facilityIds and capabilities must be arrays")
+    if not isinstance(facilities, list):  # each item: enroll_node (an identifier)
+        raise ValidationFailed("facilityIds must be an array", field="facilityIds")
+    capabilities = parse_capabilities(doc.get("capabilities", []))
     node_id = identifier(required(doc, "nodeId"), "nodeId")
     public_key = public_key_from(required(doc, "publicKey"))
 
