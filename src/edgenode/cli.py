@@ -6,6 +6,7 @@
     edgenode pair-device --device-id D
     edgenode report --facility F --period 2026-W47|2026-11-23
     edgenode sync
+    edgenode rotate-key
     edgenode status
     edgenode problems
 
@@ -26,9 +27,10 @@ from typing import Any
 import aiohttp
 
 from edgenode.gateway_client import GatewayClient
-from edgenode.keys import create_key, load_key
+from edgenode.keys import NodeKeys, create_key, load_key
 from edgenode.pairing import issue_code
 from edgenode.reports import ensure_complete, generate_report
+from edgenode.rotation import REFUSED, ROTATED, WAITING, KeyRotation, RotationOutcome
 from edgenode.service import create_app, serve
 from edgenode.settings import CONFIG_NAME, EdgeSettings, load_edge_settings
 from edgenode.status import collect_problems, collect_refused_writes, collect_status
@@ -83,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--facility", required=True)
     report.add_argument("--period", required=True, help="2026-W47 or 2026-11-23")
     sub.add_parser("sync", parents=[common], help="one forward and pull cycle now")
+    sub.add_parser(
+        "rotate-key",
+        parents=[common],
+        help="make a new gateway signing key and register it (docs/key-rotation.md)",
+    )
     sub.add_parser("status", parents=[common], help="outbox depth, last sync, problems")
     sub.add_parser(
         "problems", parents=[common], help="records the gateway refused, tablet writes refused here"
@@ -190,7 +197,7 @@ async def report(settings: EdgeSettings, args: argparse.Namespace, db: EdgeDatab
             conn,
             tenant_id=settings.tenant_id,
             node_id=settings.node_id,
-            keypair=load_key(settings.key_path),
+            keypair=_keys(settings).current().keypair,
             facility_id=args.facility,
             period=period,
             tz=zone(settings.time_zone),
@@ -206,14 +213,32 @@ async def report(settings: EdgeSettings, args: argparse.Namespace, db: EdgeDatab
     return 0
 
 
+def _keys(settings: EdgeSettings) -> NodeKeys:
+    return NodeKeys(settings.data_path, settings.node_id, load_key(settings.key_path))
+
+
+def _client(
+    session: aiohttp.ClientSession, settings: EdgeSettings, keys: NodeKeys
+) -> GatewayClient:
+    """A gateway client signing with the node's current key."""
+    current = keys.current()
+    return GatewayClient(
+        session, settings.gateway_url, settings.node_id, current.keypair, key_id=current.key_id
+    )
+
+
 async def sync(settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDatabase) -> int:
     timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
+    keys = _keys(settings)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        client = GatewayClient(
-            session, settings.gateway_url, settings.node_id, load_key(settings.key_path)
-        )
+        client = _client(session, settings, keys)
+        rotation = KeyRotation(client, keys)
+        rotated = await rotation.resume()  # a rotation under way is finished first
         forwarded = await Forwarder(db, client, settings, now).forward_once(ignore_schedule=True)
         pulled = await Puller(db, client, now).pull_once()
+        rotated = await rotation.resume() or rotated  # one the gateway just asked for
+    if rotated is not None:
+        print(_rotation_line(rotated))
     print(
         f"forward: {forwarded.batches_sent} batches, {forwarded.items_sent} items "
         f"{forwarded.statuses or ''}; refused records: {forwarded.refused_batches}, "
@@ -239,6 +264,36 @@ async def sync(settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDataba
     return 1
 
 
+def _rotation_line(outcome: RotationOutcome) -> str:
+    if outcome.state == ROTATED:
+        return f"key: rotated; gateway requests are signed with key {outcome.key_id}"
+    waiting = f"; new key {outcome.pending_key_id} kept" if outcome.pending_key_id else ""
+    detail = f" ({outcome.detail})" if outcome.detail else ""
+    return f"key: {outcome.state}{detail}; still signing with key {outcome.key_id}{waiting}"
+
+
+async def rotate_key(settings: EdgeSettings, _args: argparse.Namespace, _db: EdgeDatabase) -> int:
+    """Make a new gateway key (or take the one under way) and register it: 0
+    once the gateway acknowledged it; 1 while it waits (sent again by the next
+    try, or by ``edgenode run``); 2 when the gateway refused it."""
+    timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
+    keys = _keys(settings)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        outcome = await KeyRotation(_client(session, settings, keys), keys).rotate()
+    print(_rotation_line(outcome))
+    if outcome.state == ROTATED:
+        return 0
+    pending = keys.pending()
+    if outcome.state == REFUSED and pending is not None:
+        print(
+            "if the gateway refuses the current key, an admin can register the new one:\n"
+            f"  phs-gateway rotate-key --node-id {settings.node_id} "
+            f"--public-key {pending.keypair.public_key_b64}",
+            file=sys.stderr,
+        )
+    return 1 if outcome.state == WAITING else 2
+
+
 async def status(settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDatabase) -> int:
     async with db.read() as conn:
         doc = await collect_status(conn, now())
@@ -248,10 +303,21 @@ async def status(settings: EdgeSettings, _args: argparse.Namespace, db: EdgeData
             "tenantId": settings.tenant_id,
             "facilityIds": settings.facility_ids,
             "gatewayUrl": settings.gateway_url,
+            **_key_status(settings),
             **doc,
         }
     )
     return 0
+
+
+def _key_status(settings: EdgeSettings) -> dict[str, str | None]:
+    """The key gateway requests are signed with, and a new one still waiting."""
+    keys = _keys(settings)
+    pending = keys.pending()
+    return {
+        "gatewayKeyId": keys.current().key_id,
+        "pendingKeyId": None if pending is None else pending.key_id,
+    }
 
 
 async def problems(_settings: EdgeSettings, _args: argparse.Namespace, db: EdgeDatabase) -> int:
@@ -276,6 +342,7 @@ COMMANDS: dict[str, Callable[[EdgeSettings, argparse.Namespace, EdgeDatabase], A
     "pair-device": pair_device,
     "report": report,
     "sync": sync,
+    "rotate-key": rotate_key,
     "status": status,
     "problems": problems,
 }

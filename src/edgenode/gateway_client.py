@@ -23,7 +23,9 @@ from urllib.parse import urlencode
 import aiohttp
 import msgpack
 
+from edgenode.keys import SigningKey
 from shared.encoding import MSGPACK
+from shared.node_keys import KEY_RETIRES_HEADER
 from shared.signing import KeyPair, authorization_header
 
 PREFIX = "/api/v1/population-health"
@@ -65,14 +67,27 @@ class GatewayClient:
         keypair: KeyPair,
         clock: Callable[[], float] = time.time,
         max_answer_bytes: int | None = None,
+        key_id: str | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self.node_id = node_id
-        self._keypair = keypair
+        self._key = SigningKey(key_id or node_id, keypair)  # keyId: the node id unless rotated
         self._clock = clock
         self._max_answer_bytes = max_answer_bytes  # None: read whatever comes
         self.clock_offset = 0.0  # gateway time minus ours, learned from clock_skew
+        # When the gateway last said our key is retiring (PHS-Key-Retires-At):
+        # the node rotates (edgenode.rotation). None: it did not.
+        self.key_retires_at: str | None = None
+
+    @property
+    def key_id(self) -> str:
+        return self._key.key_id
+
+    def use_key(self, key: SigningKey) -> None:
+        """Sign every later request with ``key`` (a rotation was acknowledged)."""
+        self._key = key
+        self.key_retires_at = None
 
     async def request(
         self,
@@ -81,9 +96,10 @@ class GatewayClient:
         document: Any = None,
         headers: Mapping[str, str] | None = None,
         check: AnswerCheck | None = None,
+        signer: SigningKey | None = None,
     ) -> GatewayAnswer:
         body = b"" if document is None else msgpack.packb(document, use_bin_type=True)
-        return await self.send(method, path, body, headers or {}, check)
+        return await self.send(method, path, body, headers or {}, check, signer)
 
     async def send(
         self,
@@ -92,13 +108,15 @@ class GatewayClient:
         body: bytes,
         headers: Mapping[str, str],
         check: AnswerCheck | None = None,
+        signer: SigningKey | None = None,
     ) -> GatewayAnswer:
         """Send exact body bytes; after a clock_skew answer, correct and retry once.
-        ``check`` sees each answer before it is decoded."""
-        answer, date = await self._send(method, path, body, headers, check)
+        ``check`` sees each answer before it is decoded. ``signer``: sign this
+        request with that key instead of the client's own."""
+        answer, date = await self._send(method, path, body, headers, check, signer)
         if answer.status == 401 and _code(answer) == "clock_skew" and date is not None:
             self.clock_offset = date - self._clock()
-            answer, _ = await self._send(method, path, body, headers, check)
+            answer, _ = await self._send(method, path, body, headers, check, signer)
         return answer
 
     async def _send(
@@ -108,12 +126,12 @@ class GatewayClient:
         body: bytes,
         headers: Mapping[str, str],
         check: AnswerCheck | None,
+        signer: SigningKey | None = None,
     ) -> tuple[GatewayAnswer, float | None]:
         ts = int(self._clock() + self.clock_offset)
+        key = signer or self._key
         all_headers = {
-            "Authorization": authorization_header(
-                self._keypair, self.node_id, method, path, body, ts
-            ),
+            "Authorization": authorization_header(key.keypair, key.key_id, method, path, body, ts),
             "Accept": MSGPACK,
             **headers,
         }
@@ -130,6 +148,8 @@ class GatewayClient:
             raise GatewayUnreachable(f"{method} {path}: unreadable answer: {err}") from err
         if check is not None:
             check(raw)  # before a byte of the body is decoded
+        if signer is None and raw.status < 400:
+            self.key_retires_at = raw.headers.get(KEY_RETIRES_HEADER)
         try:
             date = raw.headers.get("Date")
             document = msgpack.unpackb(raw.body, raw=False) if raw.body else None

@@ -20,10 +20,12 @@ from aiohttp import web
 from edgenode.gateway_client import GatewayClient
 from edgenode.http import EDGE_DB, EDGE_SETTINGS, IN_FLIGHT, NODE_KEY, OUTBOX_WAKE
 from edgenode.intake import OUTREACH_INTAKE, OutreachIntake
+from edgenode.keys import NodeKeys
 from edgenode.lan import LISTEN_PORT, ListenPort, lan_presence
 from edgenode.outbox import get_state
 from edgenode.reports import generate_report
 from edgenode.resources import devices, encounters, items, metrics, outreach, server_data, status
+from edgenode.rotation import KeyRotation
 from edgenode.scheduler import due_periods
 from edgenode.settings import EdgeSettings
 from edgenode.store.database import EdgeDatabase
@@ -154,13 +156,22 @@ async def _background_loops(app: web.Application) -> AsyncIterator[None]:
     settings, db, clock = app[EDGE_SETTINGS], app[EDGE_DB], app[CLOCK]
     timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        client = GatewayClient(session, settings.gateway_url, settings.node_id, app[NODE_KEY])
+        keys = NodeKeys(settings.data_path, settings.node_id, app[NODE_KEY])
+        current = keys.current()
+        client = GatewayClient(
+            session, settings.gateway_url, settings.node_id, current.keypair, key_id=current.key_id
+        )
+        rotation = KeyRotation(client, keys)
         forwarder = Forwarder(db, client, settings, clock, random.Random())
         puller = Puller(db, client, clock)
         wake = app[OUTBOX_WAKE]
 
         async def forward() -> float:
             wake.clear()
+            try:  # a rotation under way, or one the gateway asked for
+                await rotation.resume()
+            except OSError:  # its key files: logged; records still go with the current key
+                log.exception("key rotation failed; trying again next cycle")
             summary = await forwarder.forward_once()
             if summary.waiting_until:  # backing off: tablet pushes do not hurry a retry
                 retry_at = parse_timestamp(summary.waiting_until, "waiting_until")
@@ -175,7 +186,9 @@ async def _background_loops(app: web.Application) -> AsyncIterator[None]:
 
         async def schedule() -> float:
             if settings.report_schedule:
-                await generate_due_reports(db, settings, app[NODE_KEY], clock)
+                # Signed with the key of the day: the gateway takes reports a
+                # retired key signed only if made before it retired.
+                await generate_due_reports(db, settings, keys.current().keypair, clock)
             await purge_idempotency_keys(db, settings, clock)
             return float(settings.schedule_interval_seconds)
 
