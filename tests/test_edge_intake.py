@@ -12,8 +12,9 @@ from typing import Any
 import msgpack
 import pytest
 
+from edgenode.gateway_items import apply_changes
 from edgenode.intake import OutreachIntake
-from edgenode.outreach import apply_changes, ingest_transitions
+from edgenode.outreach import ingest_transitions
 from edgenode.store.database import EdgeDatabase, fetch_all
 from harness import FakeClock
 from shared.errors import IdempotencyInFlight

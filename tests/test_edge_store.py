@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from edgenode.outreach import apply_changes, ingest_transitions
+from edgenode.gateway_items import apply_changes
+from edgenode.outreach import ingest_transitions
 from edgenode.store.database import EdgeDatabase, WriteLock, fetch_all
 from shared.wire import parse_transition
 

@@ -23,7 +23,7 @@ from typing import Any
 import aiosqlite
 import msgpack
 
-from edgenode.outreach import adopt_gateway_states
+from edgenode.gateway_items import GatewayWord, adopt_gateway_states, version_of
 from edgenode.store.database import fetch_all, fetch_one
 from edgenode.tablet_items import DRAFT_KIND
 from shared.encoding import JSON, encode
@@ -214,12 +214,14 @@ async def record_results(
     )
     if [r.get("id") for r in results] != expected:
         raise ResultMismatch(f"batch {batch_id}: answer lists other items than were sent")
-    final: dict[str, tuple[str, int]] = {}  # item -> (gateway state, seq of its last record)
+    # item -> (the gateway's state and the item's version, seq of its last record)
+    final: dict[str, tuple[GatewayWord, int]] = {}
     answers = []
     for row, result in zip(transitions, results, strict=False):
         answers.append((result["status"], result.get("code"), result.get("state"), stamp, row[0]))
         if result.get("state") is not None:
-            final[row[2]] = (result["state"], row[0])
+            word = GatewayWord(result["state"], version_of(result.get("version")))
+            final[row[2]] = (word, row[0])
     await conn.executemany(
         "UPDATE transitions SET gateway_status = ?, gateway_code = ?, gateway_state = ?, "
         "gateway_at = ? WHERE seq = ?",

@@ -1,10 +1,9 @@
 """The edge's outreach projection: tablet transitions resolved with the shared
-FSM, the items tablets read, and the gateway's answers and changes applied.
+FSM, and the items tablets read.
 
 The edge answers tablets from its own projection, but the gateway's answer is
 final: every transition that is not a local duplicate is forwarded, and the
-state the gateway returns overwrites the local one (unless newer local moves
-of that item are still on their way, whose answers will settle it).
+gateway's states overwrite the local ones (``edgenode.gateway_items``).
 """
 
 from __future__ import annotations
@@ -83,12 +82,12 @@ def item_to_wire(row: Mapping[str, Any] | sqlite3.Row) -> dict[str, Any]:
     }
 
 
-async def _next_local_seq(conn: aiosqlite.Connection) -> int:
+async def next_local_seq(conn: aiosqlite.Connection) -> int:
     row = await fetch_one(conn, "SELECT coalesce(max(local_seq), 0) FROM items")
     return int(row[0]) + 1 if row else 1
 
 
-def _placeholders(n: int) -> str:
+def placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
@@ -98,7 +97,7 @@ async def _load_items(conn: aiosqlite.Connection, ids: Sequence[str]) -> dict[st
         chunk = ids[start : start + CHUNK]
         for row in await fetch_all(
             conn,
-            f"SELECT {', '.join(ITEM_FIELDS)} FROM items WHERE id IN ({_placeholders(len(chunk))})",
+            f"SELECT {', '.join(ITEM_FIELDS)} FROM items WHERE id IN ({placeholders(len(chunk))})",
             chunk,
         ):
             found[row[0]] = _Item(dict(zip(ITEM_FIELDS, row, strict=True)))
@@ -116,7 +115,7 @@ async def _load_seen(
         for item_id, tid, disposition in await fetch_all(
             conn,
             "SELECT item_id, transition_id, local_disposition FROM transitions "
-            f"WHERE transition_id IN ({_placeholders(len(chunk))}) AND forward = 1 ORDER BY seq",
+            f"WHERE transition_id IN ({placeholders(len(chunk))}) AND forward = 1 ORDER BY seq",
             chunk,
         ):
             if (item_id, tid) in wanted:
@@ -131,7 +130,7 @@ async def ingest_transitions(
     stamp = format_timestamp(now)
     items = await _load_items(conn, sorted({t.item_id for t in transitions}))
     seen = await _load_seen(conn, ((t.item_id, t.id) for t in transitions))
-    next_seq = await _next_local_seq(conn)
+    next_seq = await next_local_seq(conn)
     log_rows: list[tuple[Any, ...]] = []
     results: list[dict[str, Any]] = []
     for t in transitions:
@@ -223,141 +222,10 @@ async def items_since(
     facilities = sorted(facility_ids)
     cursor = await conn.execute(
         f"SELECT {', '.join(ITEM_FIELDS)} FROM items WHERE local_seq > ? AND facility_id IN "
-        f"({_placeholders(len(facilities))}) ORDER BY local_seq LIMIT ?",
+        f"({placeholders(len(facilities))}) ORDER BY local_seq LIMIT ?",
         (since, *facilities, limit + 1),
     )
     rows = list(await cursor.fetchall())
     more = len(rows) > limit
     rows = rows[:limit]
     return [item_to_wire(r) for r in rows], (rows[-1]["local_seq"] if rows else since), more
-
-
-async def _newest_unanswered_moves(
-    conn: aiosqlite.Connection, ids: Sequence[str]
-) -> dict[str, int]:
-    """Item -> seq of its newest local move the gateway has not answered yet."""
-    newest: dict[str, int] = {}
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
-        rows = await fetch_all(
-            conn,
-            "SELECT item_id, max(seq) FROM transitions WHERE item_id IN "
-            f"({_placeholders(len(chunk))}) AND forward = 1 AND gateway_status IS NULL "
-            "AND local_disposition = 'applied' GROUP BY item_id",
-            chunk,
-        )
-        newest.update({row[0]: row[1] for row in rows})
-    return newest
-
-
-# The gateway's state arrives without the transition that produced it, so a
-# local ``last`` no longer describes it: forgotten, rule 5 cannot pair a late
-# sibling with a transition the gateway has moved past (rules 6 and 7 judge it).
-_FORGET_LAST = (
-    "last_transition_id = NULL, last_from_state = NULL, last_to_state = NULL, "
-    "last_occurred_at = NULL, last_device_id = NULL, last_role = NULL"
-)
-
-
-async def adopt_gateway_states(
-    conn: aiosqlite.Connection, final: Mapping[str, tuple[str, int]], stamp: str
-) -> int:
-    """Overwrite local states with the gateway's: ``final`` maps an item to the
-    gateway's state and the seq of the item's last record it answered. An item
-    with a newer local move still unanswered waits (that move's answer settles
-    it). A few statements per batch, not a few per item; returns how many
-    items changed."""
-    ids = list(final)
-    waiting = await _newest_unanswered_moves(conn, ids)
-    states: dict[str, str] = {}
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
-        rows = await fetch_all(
-            conn, f"SELECT id, state FROM items WHERE id IN ({_placeholders(len(chunk))})", chunk
-        )
-        states.update({row[0]: row[1] for row in rows})
-    next_seq = await _next_local_seq(conn)
-    updates = []
-    for item_id, (state, after_seq) in final.items():
-        if waiting.get(item_id, -1) > after_seq or states.get(item_id, state) == state:
-            continue
-        updates.append((state, next_seq, stamp, item_id))
-        next_seq += 1
-    await conn.executemany(
-        f"UPDATE items SET state = ?, local_seq = ?, updated_at = ?, {_FORGET_LAST} WHERE id = ?",
-        updates,
-    )
-    return len(updates)
-
-
-async def apply_changes(
-    conn: aiosqlite.Connection, changes: Sequence[Mapping[str, Any]], now: datetime
-) -> int:
-    """Apply change-feed entries to the projection, in order; returns how many
-    were applied. Consecutive upserts go in a few statements, not a few each:
-    the feed echoes every transition the edge forwarded, a page of a thousand
-    held the write lock for half a second."""
-    stamp = format_timestamp(now)
-    # Other aggregates go to the server-authoritative projection (edgenode.server_data).
-    entries = [c for c in changes if c.get("aggregate") == "outreach_item"]
-    upserted = sorted({c["data"]["id"] for c in entries if c.get("op") != "delete"})
-    # A local move still on its way keeps the local state until its answer comes.
-    waiting = set(await _newest_unanswered_moves(conn, upserted))
-    next_seq = await _next_local_seq(conn)
-    run: list[Mapping[str, Any]] = []
-    for change in entries:
-        if change.get("op") == "delete":
-            next_seq = await _upsert_items(conn, run, waiting, next_seq, stamp)
-            run = []
-            await conn.execute("DELETE FROM items WHERE id = ?", (change["id"],))
-        else:
-            run.append(change["data"])
-    await _upsert_items(conn, run, waiting, next_seq, stamp)
-    return len(entries)
-
-
-async def _upsert_items(
-    conn: aiosqlite.Connection,
-    items: Sequence[Mapping[str, Any]],
-    waiting: set[str],
-    next_seq: int,
-    stamp: str,
-) -> int:
-    """The gateway's items into the projection, each under a new local_seq
-    (returns the next one). Forgetting ``last`` for all of them first, then
-    upserting, leaves what doing it item by item would: an item changed twice
-    is forgotten if either change moves its state."""
-    await conn.executemany(
-        f"UPDATE items SET {_FORGET_LAST} WHERE id = ? AND state != ?",
-        [(d["id"], d["state"]) for d in items if d["id"] not in waiting],
-    )
-    rows = []
-    for data in items:
-        rows.append(
-            (
-                data["id"],
-                data["facilityId"],
-                data["state"],
-                data.get("assigneeId"),
-                data.get("patientRef"),
-                data.get("cohortId"),
-                data.get("dueDate"),
-                data.get("version"),
-                next_seq,
-                stamp,
-                int(data["id"] in waiting),
-            )
-        )
-        next_seq += 1
-    await conn.executemany(
-        "INSERT INTO items (id, facility_id, state, assignee_id, patient_ref, cohort_id, "
-        "due_date, gateway_version, local_seq, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
-        "ON CONFLICT (id) DO UPDATE SET facility_id = excluded.facility_id, "
-        "state = CASE WHEN ? THEN items.state ELSE excluded.state END, "
-        "assignee_id = excluded.assignee_id, patient_ref = excluded.patient_ref, "
-        "cohort_id = excluded.cohort_id, due_date = excluded.due_date, "
-        "gateway_version = excluded.gateway_version, local_seq = excluded.local_seq, "
-        "updated_at = excluded.updated_at",
-        rows,
-    )
-    return next_seq

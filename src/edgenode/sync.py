@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from edgenode.gateway_client import GatewayAnswer, GatewayClient, GatewayUnreachable
+from edgenode.gateway_items import apply_changes
 from edgenode.outbox import (
     BATCH_LIMIT,
     OpenBatch,
@@ -31,7 +32,6 @@ from edgenode.outbox import (
     set_state,
     split_refused,
 )
-from edgenode.outreach import apply_changes
 from edgenode.server_data import apply_server_changes
 from edgenode.settings import EdgeSettings
 from edgenode.status import GatewayContact, record_contact

@@ -127,6 +127,9 @@ RESULT = answer(
         "status": {"enum": ["applied", "noop", "duplicate", "rejected", "superseded"]},
         "code": nullable(STRING),
         "detail": STRING,
+        "itemId": STRING,
+        "state": nullable(STATE),
+        "version": nullable(INTEGER),
     },
     ["id", "status"],
 )

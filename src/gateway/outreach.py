@@ -289,9 +289,11 @@ async def apply_transitions(
             )
             r = resolve(current, t, now)
         occurred_at = format_timestamp(r.transition.occurred_at)
-        results.append(_result(r))
+        result = _result(r)
+        results.append(result)
         log_rows.append(_log_row(r, occurred_at, scope.tenant_id, source, stamp))
         if item is None:
+            result["version"] = None
             continue
         if r.disposition is not Disposition.DUPLICATE:
             seen[(t.item_id, t.id)] = r.disposition
@@ -314,6 +316,9 @@ async def apply_transitions(
                 last_device_id=r.transition.device_id,
                 last_role=r.transition.role.value,
             )
+        # The item's version with the state answered: an edge that also reads the
+        # change feed keeps whichever of the two is newer (edgenode.gateway_items).
+        result["version"] = item.row["version"]
     await _write(conn, log_rows, superseded, [i.row for i in items.values() if i.changed], stamp)
     return results
 

@@ -213,4 +213,17 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS cohort_drafts_by_batch ON cohort_drafts (batch_id)",
         ),
     ),
+    (
+        5,
+        "the gateway's newest state of each outreach item, apart from the projection",
+        (
+            # With gateway_version, the newest state the gateway is known to have
+            # given the item (edgenode.gateway_items): a change-feed page or a
+            # batch answer older than it is not applied. NULL on rows kept
+            # before: the next answer or change fills it. (ADD COLUMN has no IF
+            # NOT EXISTS; the step commits with its schema_migrations row, so it
+            # never runs twice.)
+            "ALTER TABLE items ADD COLUMN gateway_state TEXT",
+        ),
+    ),
 )
