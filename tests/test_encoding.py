@@ -99,6 +99,8 @@ MALFORMED_JSON: list[tuple[bytes, str]] = [
     (b'{"a":1,"a":2}', "duplicate object key 'a'"),  # readers would disagree
     (b'{"x":{"k":1,"k":1}}', "duplicate object key 'k'"),  # even nested, even equal
     (b'["\\ud800"]', "surrogate"),  # cannot be re-encoded as UTF-8
+    (b'{"id":"a\\u0000b"}', "NUL"),  # PostgreSQL text cannot hold it
+    (b'{"a\\u0000":1}', "NUL"),  # nor in a key
     (b"[" + b"1" * 5000 + b"]", "number"),  # beyond Python's int digit limit
 ]
 
@@ -128,6 +130,8 @@ MALFORMED_MSGPACK: list[tuple[bytes, str]] = [
     (msgpack.packb(msgpack.Timestamp(1, 0)), "timestamps"),  # ext -1 bypasses ext_hook
     (msgpack.packb([float("nan")]), "non-finite"),  # msgpack can carry NaN
     (msgpack.packb({"a": float("inf")}), "non-finite"),  # and infinity
+    (msgpack.packb({"id": "a\x00b"}), "NUL"),  # valid UTF-8, but no store's text
+    (msgpack.packb({"a\x00": 1}), "NUL"),  # nor in a key
 ]
 
 

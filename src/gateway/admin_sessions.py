@@ -25,7 +25,9 @@ SESSION_LIFETIME = timedelta(hours=8)  # a working day; then log in again
 
 
 def _session_hash(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
+    # surrogateescape: aiohttp decodes a header's non-UTF-8 bytes to lone
+    # surrogates; a cookie of such bytes hashes to no session (was a 500).
+    return hashlib.sha256(session_id.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 async def open_session(

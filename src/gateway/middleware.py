@@ -1,4 +1,10 @@
-"""The one middleware that turns every failure into an RFC 9457 problem."""
+"""The one middleware that turns every failure into an RFC 9457 problem.
+
+It also refuses, before any handler runs, a path parameter or query string
+holding text no store can hold (``shared.encoding.unstorable_text``); body
+strings are checked where bodies are decoded (``decode_body``). Both services
+(the gateway and the edge node) use it.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.http import CLOCK, http_date, problem_response
+from shared.encoding import unstorable_text
 from shared.errors import (
     MalformedBody,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     PhsError,
+    ValidationFailed,
 )
 
 log = logging.getLogger("gateway.http")
@@ -29,9 +37,31 @@ def _from_http_exception(exc: web.HTTPException) -> PhsError | None:
     return None
 
 
+def check_request_text(request: web.Request) -> None:
+    """Refuse a path parameter, query name or query value no store can hold.
+
+    aiohttp decodes ``%00`` to NUL in both, which PostgreSQL text cannot hold
+    (asyncpg raised: a 500 on ``GET …/outreach-items/%00``). Checked here, once
+    for every route, not by each handler. The offending text is never echoed.
+    """
+    for name, value in request.match_info.items():
+        fault = unstorable_text(value)
+        if fault is not None:
+            raise ValidationFailed(f"path parameter {name} contains {fault}", field=name)
+    for key, value in request.query.items():
+        fault = unstorable_text(key)
+        if fault is not None:
+            raise ValidationFailed(f"a query parameter's name contains {fault}")
+        fault = unstorable_text(value)
+        if fault is not None:
+            name = key[:100]
+            raise ValidationFailed(f"query parameter {name} contains {fault}", field=name)
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        check_request_text(request)
         response = await handler(request)
     except PhsError as err:
         response = problem_response(request, err)

@@ -48,9 +48,22 @@ _UTF8_NAMES = frozenset({"utf-8", "utf8"})
 # A q-value per RFC 9110 section 12.4.2: 0 to 1 with at most three decimals.
 _QVALUE_RE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 
-# Lone surrogates: JSON "\ud800" escapes decode to them, but they cannot be
-# encoded back to UTF-8, so echoing such a string in an answer would crash.
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# Text no store can hold. NUL: PostgreSQL text cannot, and SQLite's text
+# functions stop at it. Lone surrogates: JSON "\ud800" escapes decode to them,
+# but they cannot be encoded to UTF-8, for PostgreSQL or for an answer echoing
+# them. (msgpack strings are strict UTF-8: they can carry NUL, never surrogates.)
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable_text(value: str) -> str | None:
+    """What in ``value`` no text field can hold (for an error's detail), else None.
+
+    Pure; the gateway's and the edge's middleware check path and query strings
+    with it, :func:`decode_body` every string and key of a body."""
+    found = _UNSTORABLE_RE.search(value)
+    if found is None:
+        return None
+    return "a NUL character (U+0000)" if found.group() == "\x00" else "an unpaired surrogate"
 
 
 @dataclass(frozen=True)
@@ -221,7 +234,7 @@ def _decode_msgpack(body: bytes) -> Any:
 _PLAIN_LEAVES = frozenset({int, bool, type(None), bytes})
 
 
-def _is_clean(obj: Any, max_depth: int, check_surrogates: bool) -> bool:
+def _is_clean(obj: Any, max_depth: int) -> bool:
     """True when ``_check_tree`` would find nothing to refuse: the usual case.
 
     One pass that looks at each container once and tests its children by exact
@@ -233,22 +246,21 @@ def _is_clean(obj: Any, max_depth: int, check_surrogates: bool) -> bool:
         return False  # a scalar body: rare, leave it to the full walk
     if max_depth < 1:
         return False
-    search = _SURROGATE_RE.search
+    search = _UNSTORABLE_RE.search
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
         if type(node) is dict:
-            if check_surrogates:
-                for key in node:
-                    if search(key):
-                        return False
+            for key in node:
+                if search(key):
+                    return False
             children: Any = node.values()
         else:
             children = node
         for child in children:
             kind = type(child)
             if kind is str:
-                if check_surrogates and search(child):
+                if search(child):
                     return False
             elif kind in _PLAIN_LEAVES:
                 continue
@@ -264,8 +276,14 @@ def _is_clean(obj: Any, max_depth: int, check_surrogates: bool) -> bool:
     return True
 
 
-def _check_tree(obj: Any, max_depth: int, check_surrogates: bool) -> None:
-    """Depth, key types, finite floats and no ext leftovers — iteratively.
+def _refuse_text(value: str) -> None:
+    fault = unstorable_text(value)
+    if fault is not None:
+        _refuse(f"a string contains {fault}, which no text field can hold")
+
+
+def _check_tree(obj: Any, max_depth: int) -> None:
+    """Depth, key types, finite floats, storable text and no ext leftovers — iteratively.
 
     Iterative because the input is attacker-shaped: recursion would turn a
     deep body into a RecursionError (a 500) instead of a 400.
@@ -275,10 +293,8 @@ def _check_tree(obj: Any, max_depth: int, check_surrogates: bool) -> None:
         node, depth = stack.pop()
         if isinstance(node, dict):
             items: Any = node.values()
-            if check_surrogates:
-                for key in node:
-                    if _SURROGATE_RE.search(key):
-                        _refuse("string contains an unpaired surrogate")
+            for key in node:
+                _refuse_text(key)
         elif isinstance(node, list):
             items = node
         elif isinstance(node, float):
@@ -286,8 +302,7 @@ def _check_tree(obj: Any, max_depth: int, check_surrogates: bool) -> None:
                 _refuse("non-finite numbers are not allowed")
             continue
         elif isinstance(node, str):
-            if check_surrogates and _SURROGATE_RE.search(node):
-                _refuse("string contains an unpaired surrogate")
+            _refuse_text(node)
             continue
         elif isinstance(node, msgpack.Timestamp):
             _refuse("msgpack timestamps are not allowed; send RFC 3339 strings")
@@ -313,9 +328,8 @@ def decode_body(body: bytes, media_type: str, limits: Limits) -> Any:
         raise MalformedBody("body is empty")
     codec = _codec(media_type)
     value = _DECODERS[codec](body)
-    check_surrogates = codec == JSON
-    if not _is_clean(value, limits.max_depth, check_surrogates):
-        _check_tree(value, limits.max_depth, check_surrogates)
+    if not _is_clean(value, limits.max_depth):
+        _check_tree(value, limits.max_depth)
     return value
 
 
