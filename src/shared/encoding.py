@@ -234,7 +234,7 @@ def _decode_msgpack(body: bytes) -> Any:
 _PLAIN_LEAVES = frozenset({int, bool, type(None), bytes})
 
 
-def _is_clean(obj: Any, max_depth: int) -> bool:
+def _is_clean(obj: Any, max_depth: int, check_text: bool) -> bool:
     """True when ``_check_tree`` would find nothing to refuse: the usual case.
 
     One pass that looks at each container once and tests its children by exact
@@ -251,16 +251,17 @@ def _is_clean(obj: Any, max_depth: int) -> bool:
     while stack:
         node, depth = stack.pop()
         if type(node) is dict:
-            for key in node:
-                if search(key):
-                    return False
+            if check_text:
+                for key in node:
+                    if search(key):
+                        return False
             children: Any = node.values()
         else:
             children = node
         for child in children:
             kind = type(child)
             if kind is str:
-                if search(child):
+                if check_text and search(child):
                     return False
             elif kind in _PLAIN_LEAVES:
                 continue
@@ -282,7 +283,7 @@ def _refuse_text(value: str) -> None:
         _refuse(f"a string contains {fault}, which no text field can hold")
 
 
-def _check_tree(obj: Any, max_depth: int) -> None:
+def _check_tree(obj: Any, max_depth: int, check_text: bool) -> None:
     """Depth, key types, finite floats, storable text and no ext leftovers — iteratively.
 
     Iterative because the input is attacker-shaped: recursion would turn a
@@ -293,8 +294,9 @@ def _check_tree(obj: Any, max_depth: int) -> None:
         node, depth = stack.pop()
         if isinstance(node, dict):
             items: Any = node.values()
-            for key in node:
-                _refuse_text(key)
+            if check_text:
+                for key in node:
+                    _refuse_text(key)
         elif isinstance(node, list):
             items = node
         elif isinstance(node, float):
@@ -302,7 +304,8 @@ def _check_tree(obj: Any, max_depth: int) -> None:
                 _refuse("non-finite numbers are not allowed")
             continue
         elif isinstance(node, str):
-            _refuse_text(node)
+            if check_text:
+                _refuse_text(node)
             continue
         elif isinstance(node, msgpack.Timestamp):
             _refuse("msgpack timestamps are not allowed; send RFC 3339 strings")
@@ -316,6 +319,27 @@ def _check_tree(obj: Any, max_depth: int) -> None:
 
 _DECODERS: dict[str, Callable[[bytes], Any]] = {JSON: _decode_json, MSGPACK: _decode_msgpack}
 
+# A JSON escape of a surrogate (\uD800-\uDFFF, any case).
+_JSON_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _may_hold_unstorable_text(body: bytes, codec: str) -> bool:
+    """Whether a decoded string of ``body`` can hold a NUL or a lone surrogate.
+
+    Looking at the bytes once spares a search of every string of the usual
+    body (a 5,000-item msgpack batch decoded in twice the time with it).
+    msgpack: a NUL in a string is a zero byte in the body (surrogates are not
+    UTF-8, so they never decode). JSON: a raw control character is invalid
+    JSON, so a NUL can only be the escape ``\\u0000``, a surrogate only an
+    escape too. A false alarm (a zero in an integer or in bytes, an escaped
+    backslash before ``u0000``) only costs the search.
+    """
+    if codec == MSGPACK:
+        return b"\x00" in body
+    return b"\\u" in body and (
+        b"\\u0000" in body or _JSON_SURROGATE_ESCAPE.search(body) is not None
+    )
+
 
 def decode_body(body: bytes, media_type: str, limits: Limits) -> Any:
     """The decoded body, or ``PayloadTooLarge`` / ``MalformedBody``.
@@ -328,8 +352,9 @@ def decode_body(body: bytes, media_type: str, limits: Limits) -> Any:
         raise MalformedBody("body is empty")
     codec = _codec(media_type)
     value = _DECODERS[codec](body)
-    if not _is_clean(value, limits.max_depth):
-        _check_tree(value, limits.max_depth)
+    check_text = _may_hold_unstorable_text(body, codec)
+    if not _is_clean(value, limits.max_depth, check_text):
+        _check_tree(value, limits.max_depth, check_text)
     return value
 
 
