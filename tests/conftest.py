@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from canaries import scan_postgres_apart
 from gateway.app import create_app
 from gateway.settings import Settings
 from harness import FakeClock, Gateway
@@ -19,6 +20,11 @@ from stores import (
     run_apart,
     skip_without_postgres,
 )
+
+# canaries: seeded patient identifiers, and the session-wide check that none
+# reaches a log line, an event, a report payload or an export (tests/canaries.py).
+# pytester: its self-test runs a small session of its own.
+pytest_plugins = ["canaries", "pytester"]
 
 
 @pytest.fixture
@@ -49,12 +55,17 @@ def postgres_session_database() -> Iterator[str]:
 
 
 @pytest.fixture
-def postgres_url(store: str, request: pytest.FixtureRequest) -> str:
-    """The session's PostgreSQL database when ``store`` is PostgreSQL, else empty."""
+def postgres_url(store: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The session's PostgreSQL database when ``store`` is PostgreSQL, else empty.
+
+    Its sinks are scanned for canaries when the test is done (tests/canaries.py),
+    before the next test empties it."""
     if store != POSTGRESQL:
-        return ""
+        yield ""
+        return
     url: str = request.getfixturevalue("postgres_session_database")
-    return url
+    yield url
+    scan_postgres_apart(url)
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ import asyncpg
 import pytest
 from sqlalchemy import URL, make_url
 
+from canaries import scan_postgres_database
+
 POSTGRES_URL = os.environ.get("PHS_TEST_POSTGRES_URL", "")
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
 # ``-m "not postgres"`` leaves the PostgreSQL variants out.
@@ -113,6 +115,7 @@ async def postgres_database() -> AsyncIterator[str]:
     url = await create_database()
     try:
         yield url
+        await scan_postgres_database(url)  # its sinks, for canaries (tests/canaries.py)
     finally:
         await drop_database(url)
 
