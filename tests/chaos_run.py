@@ -46,6 +46,7 @@ from typing import Any
 
 import aiohttp
 
+from canaries import patient_ref, scan_output
 from chaos_check import audit_verify, check_stores, log_errors, query
 from chaos_support import (
     FACILITY,
@@ -83,9 +84,9 @@ EDGE_ENV = {
     "PHS_EDGE_RETRY_MAX_SECONDS": "2",
     "PHS_EDGE_REQUEST_TIMEOUT_SECONDS": "10",
     "PHS_EDGE_REPORT_SCHEDULE": "false",  # reports come from `edgenode report`, at known times
-    "PHS_EDGE_LOG_LEVEL": "WARNING",
+    "PHS_EDGE_LOG_LEVEL": "INFO",  # the default: the lines scanned for canaries
 }
-GATEWAY_ENV = {"PHS_GATEWAY_LOG_LEVEL": "WARNING"}
+GATEWAY_ENV = {"PHS_GATEWAY_LOG_LEVEL": "INFO"}
 WAN_FAULTS = {  # FaultPlan fields for the chaos; the seed is the run's
     "latency_probability": 0.2,
     "latency": (0.001, 0.05),
@@ -206,7 +207,7 @@ def field_work(items: int, rng: random.Random, today: date) -> FieldWork:
             enc_id = f"enc-{day.isoformat()}-{n:03d}"
             doc: dict[str, Any] = {
                 "id": enc_id,
-                "patientRef": f"pt-{rng.randrange(PATIENTS):03d}",
+                "patientRef": patient_ref(f"{rng.randrange(PATIENTS):03d}"),
                 "facilityId": FACILITY,
                 "occurredAt": format_timestamp(midnight + timedelta(seconds=rng.randrange(86400))),
                 "kind": rng.choice([k.value for k in EncounterKind]),
@@ -353,6 +354,7 @@ class FieldDriver:
                 stderr=subprocess.PIPE,
             )
             _, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+            scan_output(err, "edgenode report stderr")  # its log (tests/canaries.py)
             if proc.returncode == 0:
                 self.reports_made.add(step.period.key)
                 return

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import aiohttp
 
+from canaries import patient_ref, scan_output
 from shared.fsm import Disposition, ItemState, State, Transition, resolve
 from shared.signing import KeyPair, authorization_header
 from shared.values import format_timestamp, parse_timestamp
@@ -58,6 +59,7 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 6
         timeout=timeout,
         check=False,
     )
+    scan_output(done.stderr, f"{' '.join(args[:2])} stderr")  # its log; stdout is its answer
     assert done.returncode == 0, f"{' '.join(args[:2])} failed:\n{done.stderr}"
     return done.stdout.strip()
 
@@ -191,7 +193,9 @@ def gateway_service(gateway_dir: Path, port: int, log_path: Path) -> Service:
         "gateway",
         ["gateway.cli", "serve", "--data-dir", str(gateway_dir), "--port", str(port)],
         log_path,
-        {"PHS_GATEWAY_LOG_LEVEL": "WARNING"},
+        # The services' default level: the lines they write then are the ones
+        # scanned for canaries (tests/canaries.py).
+        {"PHS_GATEWAY_LOG_LEVEL": "INFO"},
     )
 
 
@@ -236,12 +240,18 @@ async def wait_drained(edge_dir: Path, within: float = 30) -> dict[str, Any]:
 async def import_items(
     session: aiohttp.ClientSession, gateway_url: str, token: str, item_ids: Sequence[str]
 ) -> None:
-    """Create the outreach items at the gateway (state ``assigned``), a few at a time."""
+    """Create the outreach items at the gateway (state ``assigned``, a canary
+    patientRef), a few at a time."""
 
     async def create(item_id: str) -> None:
         async with session.post(
             f"{gateway_url}{PREFIX}/outreach-items",
-            json={"id": item_id, "facilityId": FACILITY, "state": "assigned"},
+            json={
+                "id": item_id,
+                "facilityId": FACILITY,
+                "state": "assigned",
+                "patientRef": patient_ref(item_id),
+            },
             headers={"Authorization": f"Bearer {token}"},
         ) as resp:
             assert resp.status == 201, await resp.text()

@@ -96,7 +96,7 @@ from edgenode.sync import Forwarder, ForwardSummary, Puller, PullSummary
 from gateway.app import create_app as create_gateway_app
 from gateway.outreach import create_item, parse_new_item
 from gateway.settings import Settings
-from harness import PREFIX, START, FakeClock, Gateway, bearer, document
+from harness import PREFIX, START, FakeClock, Gateway, bearer, document, item_fields
 from shared.encoding import JSON, MSGPACK
 from shared.periods import period_from_key, zone
 from shared.signing import KeyPair, authorization_header
@@ -269,12 +269,18 @@ class EdgeSystem:
         **fields: Any,
     ) -> None:
         """Import outreach items at the gateway: through the admin API, or with
-        ``bulk=True`` through the same ``create_item`` in one transaction (fast)."""
+        ``bulk=True`` through the same ``create_item`` in one transaction (fast).
+        Each item's patientRef is a canary unless ``fields`` give one."""
         facility = facility or self.edge_settings.facility_ids[0]
         if bulk:
             async with self.gateway.database.write() as conn:
                 for item_id in ids:
-                    doc = {"id": item_id, "facilityId": facility, "state": state, **fields}
+                    doc = {
+                        "id": item_id,
+                        "facilityId": facility,
+                        "state": state,
+                        **item_fields(item_id, fields),
+                    }
                     await create_item(
                         conn,
                         self.edge_settings.tenant_id,

@@ -16,6 +16,7 @@ import msgpack
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient
 
+from canaries import patient_ref
 from gateway.db.schema import audit_head, audit_log, metadata
 from gateway.http import DATABASE
 from gateway.registry import create_token, enroll_node
@@ -88,9 +89,15 @@ class Gateway:
     async def create_item(
         self, token: str, item_id: str, state: str, facility: str = "f-001", **extra: Any
     ) -> Any:
+        """``POST …/outreach-items``; the item's patientRef is a canary unless given."""
         resp = await self.client.post(
             f"{PREFIX}/outreach-items",
-            json={"id": item_id, "facilityId": facility, "state": state, **extra},
+            json={
+                "id": item_id,
+                "facilityId": facility,
+                "state": state,
+                **item_fields(item_id, extra),
+            },
             headers={"Authorization": f"Bearer {token}"},
         )
         assert resp.status == 201, await resp.text()
@@ -163,6 +170,12 @@ class Gateway:
                 result = await conn.execute(sa.select(table))
                 rows[table.name] = sorted(repr(tuple(r)) for r in result)
         return rows
+
+
+def item_fields(item_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An outreach item's optional fields: a canary patientRef (tests/canaries.py)
+    unless the caller gives one (``patientRef=None`` for an item without)."""
+    return {"patientRef": patient_ref(item_id), **fields}
 
 
 def transition(

@@ -81,7 +81,7 @@ class LanSite:
         gateway = self.service(
             "gateway",
             ["gateway.cli", "serve", "--data-dir", str(self.gateway_dir), "--port", str(port)],
-            {"PHS_GATEWAY_LOG_LEVEL": "WARNING"},
+            {"PHS_GATEWAY_LOG_LEVEL": "INFO"},  # the default: scanned for canaries
         )
         gateway.start()
         await self.wait_http(gateway, f"{self.gateway_url}/readyz")

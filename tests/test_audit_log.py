@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from canaries import patient_ref, scan_output
 from gateway import audit
 from gateway.db.database import Database
 from gateway.db.schema import audit_head, audit_log
@@ -46,7 +47,7 @@ def registry_entry(entry_id: str, facility: str = "f-001") -> dict[str, Any]:
     return {
         "id": entry_id,
         "facilityId": facility,
-        "patientRef": f"p-{entry_id}",
+        "patientRef": patient_ref(entry_id),
         "sex": "female",
         "birthDate": "1959-03-02",
         "conditions": [{"code": "E11.9", "onset": "2010-01-01"}],
@@ -93,6 +94,7 @@ async def test_every_listed_operation_writes_one_row(gateway: Gateway) -> None:
 
     # Outreach items: create, read (and a miss), a server transition, a node's batch.
     body = {"id": "item-1", "facilityId": "f-001", "state": "assigned"}
+    body["patientRef"] = patient_ref(1)  # a canary: no audit row may carry it
     create = client.post(f"{PREFIX}/outreach-items", json=body, headers=bearer(admin))
     assert await did(create, 201) == [("outreach_item.create", a, None, "f-001", "item-1", "ok")]
     read = client.get(f"{PREFIX}/outreach-items/item-1", headers=bearer(analyst))
@@ -346,7 +348,7 @@ async def test_tampering_is_found_at_its_row(gateway: Gateway, how: str) -> None
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run(
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -362,6 +364,8 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         check=False,
     )
+    scan_output(done.stderr, f"phs-gateway audit {args[0]} stderr")  # its log (canaries.py)
+    return done
 
 
 async def test_verify_from_the_command_line(gateway: Gateway, gateway_settings: Settings) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from canaries import patient_ref
 from shared.deident import (
     DEFAULT_K,
     DEFAULT_MAX_SUPPRESSED_SHARE,
@@ -40,7 +41,7 @@ def entry(
     return RegistryEntry(
         id=f"canary-id-{n:04d}",
         facility_id=facility,
-        patient_ref=f"CANARY-PATIENT-{n:04d}",
+        patient_ref=patient_ref(f"{n:04d}"),
         sex=sex,
         birth_date=birth,
         conditions=conditions,
@@ -280,7 +281,7 @@ def test_generalised_row_is_exact() -> None:
     e = RegistryEntry(
         id="canary-id-7",
         facility_id="f-002",
-        patient_ref="CANARY-PATIENT-7",
+        patient_ref=patient_ref(7),
         sex=Sex.FEMALE,
         birth_date=date(1981, 11, 26),  # 44 on AS_OF, 45 the day after
         conditions=(

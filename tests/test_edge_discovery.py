@@ -31,6 +31,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from canaries import MARKER, patient_ref, scan_output
 from edge_harness import EdgeSystem, Tablet, edge_system
 from edgenode.devices_seen import gather_candidates, list_devices_seen, record_seen
 from edgenode.gather import Gatherer
@@ -62,7 +63,7 @@ FIELD_TABLES = ("transitions", "items", "encounters")
 def encounter(eid: str, facility: str = "f-001", **extra: Any) -> dict[str, Any]:
     return {
         "id": eid,
-        "patientRef": "p-1",
+        "patientRef": patient_ref(1),
         "facilityId": facility,
         "occurredAt": "2026-11-24T09:00:00.000Z",
         "kind": "screening",
@@ -562,7 +563,7 @@ async def test_pages_while_more_and_rounds_are_bounded(
     assert device.gets == 3 and device.pending == 0
 
     # Page by page: a round stops after MAX_PAGES_PER_ROUND (10) and another follows.
-    device.encounters = [encounter(f"e-{n}", patientRef=f"p-{n}") for n in range(10, 22)]
+    device.encounters = [encounter(f"e-{n}", patientRef=patient_ref(n)) for n in range(10, 22)]
     await see(system, device.advert())
     g = gatherer(system, session, gather_page_size=1)
     outcome = await g.gather_once("tab-a")
@@ -577,7 +578,7 @@ async def test_a_device_that_clears_nothing_is_not_asked_again_at_once(
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
     device = await start_device(system, tablet.keypair)
-    device.encounters = [encounter(f"e-{n}", patientRef=f"p-{n}") for n in range(3)]
+    device.encounters = [encounter(f"e-{n}", patientRef=patient_ref(n)) for n in range(3)]
     device.ignore_acks = True
     await see(system, device.advert())
     g = gatherer(system, session, gather_page_size=1)
@@ -672,7 +673,7 @@ async def test_an_answer_the_device_did_not_sign_is_not_stored(
     tablet = await system.pair_tablet("tab-a")
     device = await start_device(system, tablet.keypair)
     device.transitions = [tablet.transition("t-1", "oi-1", "assigned", "in_progress")]
-    device.encounters = [encounter("e-1", patientRef="p-secret")]
+    device.encounters = [encounter("e-1", patientRef=patient_ref("secret"))]
     for name, value in spoil.items():
         setattr(device, name, value)
     before = await stored(system)
@@ -690,7 +691,7 @@ async def test_an_answer_the_device_did_not_sign_is_not_stored(
     registry = (await seen(system))["tab-a"]
     assert (registry["lastGatherError"], registry["gatheredRecords"]) == (outcome.error, 0)
     assert f"gathering from tab-a stopped: {outcome.error}" in caplog.text
-    assert "p-secret" not in caplog.text + outcome.error  # no PHI in the log or the registry
+    assert MARKER not in caplog.text + outcome.error  # no PHI in the log or the registry
 
     device.sign_properly()  # the device itself, signing properly again, is gathered
     outcome = await gatherer(system, session).gather_once("tab-a")
@@ -706,7 +707,7 @@ async def test_an_oversized_answer_is_refused(
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
     device = await start_device(system, tablet.keypair)
-    device.encounters = [encounter(f"e-{n}", patientRef=f"p-{n}") for n in range(40)]
+    device.encounters = [encounter(f"e-{n}", patientRef=patient_ref(n)) for n in range(40)]
     device.chunked = chunked  # no Content-Length: the cap holds while reading
     before = await stored(system)
     await see(system, device.advert())
@@ -725,7 +726,7 @@ async def test_an_unsigned_acknowledgement_answer_is_not_believed(
 ) -> None:
     tablet = await system.pair_tablet("tab-a")
     device = await start_device(system, tablet.keypair)
-    device.encounters = [encounter("e-1"), encounter("e-2", patientRef="p-2")]
+    device.encounters = [encounter("e-1"), encounter("e-2", patientRef=patient_ref(2))]
     device.sign_acks = False
     await see(system, device.advert())
     outcome = await gatherer(system, session).gather_once("tab-a")
@@ -870,6 +871,7 @@ async def edgenode_run(data_dir: Path, *args: str) -> tuple[str, str]:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
     out, err = await asyncio.wait_for(process.communicate(), 30)
+    scan_output(line.encode() + out + err, "edgenode run output")  # a service: all of it is log
     assert process.returncode == 0, err.decode()
     return line + out.decode(), err.decode()
 

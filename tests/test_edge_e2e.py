@@ -56,7 +56,7 @@ def expected_history(case: dict[str, Any]) -> list[tuple[str, str, str | None]]:
 
 
 async def run_case(system: EdgeSystem, case: dict[str, Any], synced: bool) -> None:
-    await system.create_items([ITEM], case["initial"], assigneeId="chw-1", patientRef="p-1")
+    await system.create_items([ITEM], case["initial"], assigneeId="chw-1")  # a canary patientRef
     _, pulled = await system.sync()
     assert pulled.error is None and pulled.changes == 1
     tablets = {d: await system.pair_tablet(d) for d in ("tab-a", "tab-b")}

@@ -38,6 +38,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from canaries import patient_ref
 from chaos_support import (
     FACILITY,
     LOOPBACK,
@@ -169,7 +170,12 @@ async def test_flaky_wan_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         async with gateway.app[DATABASE].write() as gateway_conn:
             for item_id in plan.item_ids:
                 fields = parse_new_item(
-                    {"id": item_id, "facilityId": FACILITY, "state": "assigned"}
+                    {
+                        "id": item_id,
+                        "facilityId": FACILITY,
+                        "state": "assigned",
+                        "patientRef": patient_ref(item_id),
+                    }
                 )
                 await create_item(gateway_conn, TENANT, fields, datetime.now(UTC))
         for tablet in tablets.values():

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from canaries import patient_ref
 from edge_harness import EdgeSystem, Tablet, edge_system
 from edgenode.store.database import fetch_all, fetch_one
 from gateway.db.schema import outreach_transitions as log
@@ -55,7 +56,7 @@ def plan_pushes(rng: random.Random) -> list[tuple[str, str, str, str]]:
 def encounter(eid: str, at: str, kind: str = "visit") -> dict[str, Any]:
     return {
         "id": eid,
-        "patientRef": f"p-{eid}",
+        "patientRef": patient_ref(eid),
         "facilityId": "f-001",
         "occurredAt": at,
         "kind": kind,

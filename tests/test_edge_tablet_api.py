@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from canaries import patient_ref, scan_output
 from edge_harness import EdgeSystem, Tablet, closed_url, edge_system, encode
 from edgenode.keys import load_key
 from edgenode.settings import load_edge_settings
@@ -41,7 +42,7 @@ LIMITS = {"max_body_bytes": MAX_BODY, "max_push_items": MAX_ITEMS}
 def encounter(eid: str, facility: str = "f-001", **extra: Any) -> dict[str, Any]:
     return {
         "id": eid,
-        "patientRef": "p-1",
+        "patientRef": patient_ref(1),
         "facilityId": facility,
         "occurredAt": "2026-11-24T09:00:00.000Z",
         "kind": "screening",
@@ -358,6 +359,7 @@ async def edgenode(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
         env={**os.environ, **(env or {})},
     )
     out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT)
+    scan_output(err, f"edgenode {args[0]} stderr")  # its log; stdout is its answer
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -443,7 +445,7 @@ async def test_cli_pair_report_sync_status_problems(tmp_path: Path) -> None:
             [
                 encounter("e-1", occurredAt="2025-03-09T21:30:00.000Z"),  # 00:30 Monday
                 encounter("e-2", kind="visit", occurredAt="2025-03-10T12:00:00.000Z"),
-                encounter("e-3", patientRef="p-2", occurredAt="2025-03-10T20:59:00.000Z"),
+                encounter("e-3", patientRef=patient_ref(2), occurredAt="2025-03-10T20:59:00.000Z"),
                 encounter("e-4", occurredAt="2025-03-09T20:59:00.000Z"),  # 23:59 Sunday
             ],
         )

@@ -27,6 +27,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from canaries import patient_ref, scan_output
 from edge_harness import EdgeSystem, closed_url, edge_system, encode
 from edgenode.devices_seen import record_seen
 from edgenode.gather import Gatherer
@@ -88,7 +89,7 @@ def edge_url(system: EdgeSystem) -> str:
 def encounter(eid: str, facility: str = "f-001") -> dict[str, Any]:
     return {
         "id": eid,
-        "patientRef": "p-1",
+        "patientRef": patient_ref(1),
         "facilityId": facility,
         "occurredAt": "2026-11-25T09:00:00.000Z",
         "kind": "screening",
@@ -343,7 +344,7 @@ def registry_entry(entry_id: str, facility: str = "f-001") -> dict[str, Any]:
     return {
         "id": entry_id,
         "facilityId": facility,
-        "patientRef": f"p-{entry_id}",
+        "patientRef": patient_ref(entry_id),
         "sex": "female",
         "birthDate": "1970-05-01",
         "conditions": [{"code": "E11"}],
@@ -1020,6 +1021,7 @@ async def phs_field(*args: str, data_dir: Path) -> tuple[int, Any, str]:
         cwd=str(ROOT),
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
+    scan_output(err, f"phs-field {args[0]} stderr")  # its log; stdout is its answer
     text = out.decode()
     try:
         doc = json.loads(text) if text.strip() else None
@@ -1064,7 +1066,8 @@ async def test_command_line_init_pair_record_sync_status(
         "record", "--item", "oi-1", "--from", "assigned", "--to", "completed", data_dir=data
     )
     assert code == 2 and "validation_failed" in err
-    args = ["--id", "e-1", "--patient", "p-1", "--facility", "f-001", "--kind", "screening"]
+    patient = patient_ref(1)
+    args = ["--id", "e-1", "--patient", patient, "--facility", "f-001", "--kind", "screening"]
     code, doc, err = await phs_field(
         "encounter", *args, "--at", "2026-11-25T09:00:00.000Z", "--screening-due", data_dir=data
     )
@@ -1207,6 +1210,7 @@ async def test_simulate_without_discovery_pushes_instead_of_waiting_to_be_gather
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await init.communicate()
+    scan_output(err, "edgenode init stderr")
     assert init.returncode == 0, err
     settings = load_edge_settings(None, str(edge_dir))
     async with edge_system(

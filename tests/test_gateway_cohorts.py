@@ -12,6 +12,7 @@ import msgpack
 import pytest
 import sqlalchemy as sa
 
+from canaries import patient_ref
 from gateway import memberships
 from gateway.cohorts import Author, submit_draft
 from gateway.db.schema import cohort_memberships, cohort_versions, refused_writes
@@ -71,7 +72,7 @@ def entry(
     return {
         "id": entry_id,
         "facilityId": facility,
-        "patientRef": f"p-{entry_id}",
+        "patientRef": patient_ref(entry_id),
         "sex": sex,
         "birthDate": birth,
         "conditions": [{"code": c} for c in codes],

@@ -7,6 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from canaries import patient_ref
 from gateway.db.schema import cohort_memberships, cohort_versions, cohorts, refused_writes
 from harness import PREFIX, Gateway, NodeIdentity, assert_problem, bearer, document
 from shared.cohorts import canonical_json, parse_cohort
@@ -20,7 +21,7 @@ def entry(entry_id: str, facility: str = "f-001", **fields: Any) -> dict[str, An
     return {
         "id": entry_id,
         "facilityId": facility,
-        "patientRef": f"p-{entry_id}",
+        "patientRef": patient_ref(entry_id),
         "sex": "female",
         "birthDate": "1959-03-02",
         "conditions": [{"code": "E11.9", "onset": "2010-01-01"}],
@@ -55,7 +56,7 @@ async def test_upsert_read_update_and_feed(gateway: Gateway) -> None:
     resp = await put(gateway, service, entry("e-1"))
     assert resp.status == 201, await resp.text()
     created = await resp.json()
-    assert (created["version"], created["patientRef"]) == (1, "p-e-1")
+    assert (created["version"], created["patientRef"]) == (1, patient_ref("e-1"))
     assert created["conditions"] == [{"code": "E11.9", "onset": "2010-01-01"}]
 
     resp = await gateway.client.get(f"{ENTRIES}/e-1", headers=bearer(analyst))

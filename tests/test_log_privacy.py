@@ -36,6 +36,7 @@ import aiohttp
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 
+from canaries import patient_ref, scan_output
 from chaos_support import FACILITY, LOOPBACK, NODE_ID, PREFIX, TENANT, Service, free_port
 from edgenode.keys import load_key
 from edgenode.pairing import issue_code
@@ -56,9 +57,10 @@ from observability.logs import (
 from shared.signing import KeyPair, authorization_header
 
 RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-PATIENTS = [f"CANARY-PT-{n:04d}" for n in range(1, 7)]  # one per outreach item
-ENCOUNTER_PATIENT = "CANARY-PT-ENC-0001"
-REGISTRY_PATIENT = "CANARY-PT-REG-0001"
+# The session's canaries (tests/canaries.py), so the session-wide scan knows them too.
+PATIENTS = [patient_ref(f"{n:04d}") for n in range(1, 7)]  # one per outreach item
+ENCOUNTER_PATIENT = patient_ref("ENC-0001")
+REGISTRY_PATIENT = patient_ref("REG-0001")
 REGISTRY_BIRTH_DATE = "1931-07-19"
 QUERY_CANARY = "CANARY-QS-7f3a"
 ITEMS = [f"oi-{n:04d}" for n in range(1, 7)]
@@ -247,6 +249,7 @@ class Run:
         )
         out, err = await asyncio.wait_for(process.communicate(), 60)
         self.one_shot_stderr.append(err.decode())
+        scan_output(err, f"{' '.join(args[:2])} stderr")  # the session's canaries too
         assert process.returncode == 0, f"{' '.join(args[:2])} failed:\n{err.decode()}"
         return out.decode()
 

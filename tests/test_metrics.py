@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from canaries import MARKER, patient_ref
 from edge_harness import EdgeSystem, Tablet, edge_system
 from gateway.db.schema import events
 from gateway_processes import start_serve
@@ -281,7 +282,7 @@ RECORDS = "phs_edge_tablet_records_total"
 def encounter(eid: str, **extra: Any) -> dict[str, Any]:
     return {
         "id": eid,
-        "patientRef": "p-secret-1",
+        "patientRef": patient_ref("secret-1"),
         "facilityId": "f-001",
         "occurredAt": "2026-11-24T09:00:00.000Z",
         "kind": "screening",
@@ -361,7 +362,7 @@ async def test_edge_metrics_match_pushes_store_and_forwarding(tmp_path: Path) ->
         assert value(samples, "phs_edge_paired_devices") == 1
         assert value(samples, "phs_edge_transitions", gateway_status="unanswered") == 2
         assert ("phs_edge_last_forward_age_seconds", frozenset()) not in samples  # never yet
-        assert "p-secret-1" not in text and "oi-1" not in text and "tab-a" not in text
+        assert MARKER not in text and "oi-1" not in text and "tab-a" not in text
 
         forwarded, _ = await system.sync()
         assert forwarded.statuses == {"applied": 1, "rejected": 1}

@@ -18,6 +18,7 @@ import msgpack
 import pytest
 import sqlalchemy as sa
 
+from canaries import patient_ref
 from gateway.db.schema import refused_writes
 from harness import PREFIX, Gateway, NodeIdentity, bearer, document, signed_report, transition
 from shared.policy import POLICY_TABLE
@@ -26,7 +27,7 @@ ROLES = ("admin", "service", "analyst")
 ENTRY = {
     "id": "e-1",
     "facilityId": "f-001",
-    "patientRef": "p-1",
+    "patientRef": patient_ref(1),
     "sex": "female",
     "birthDate": "1961-03-02",
     "conditions": [{"code": "E11", "onset": "2010-01-01"}],

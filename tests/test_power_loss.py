@@ -46,6 +46,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from canaries import patient_ref
 from chaos_support import (
     FACILITY,
     LOOPBACK,
@@ -158,7 +159,7 @@ async def push_encounters(
     encounters: list[dict[str, Any]] = [
         {
             "id": f"enc-{n:04d}-{k}",
-            "patientRef": f"p-{(n * 5 + k) % 97}",
+            "patientRef": patient_ref((n * 5 + k) % 97),
             "facilityId": FACILITY,
             "occurredAt": format_timestamp(at + timedelta(minutes=k)),
             "kind": ("visit", "screening", "immunization")[k % 3],
@@ -291,7 +292,12 @@ async def create_items(
         position = shim.position()
         async with session.post(
             f"{gateway_url}{PREFIX}/outreach-items",
-            json={"id": item, "facilityId": FACILITY, "state": "assigned"},
+            json={
+                "id": item,
+                "facilityId": FACILITY,
+                "state": "assigned",
+                "patientRef": patient_ref(item),
+            },
             headers={"Authorization": f"Bearer {token}"},
         ) as resp:
             assert resp.status == 201, await resp.text()
@@ -356,7 +362,7 @@ async def run_gateway(
     node_key = load_key(edge_dir / "node.key")
     shim = Shim(library, tmp_path / "gateway.powercut", gateway_dir, skip_syncs)
     baseline = followed_files(gateway_dir)  # closed by the CLI: the starting disk
-    env = {"PHS_GATEWAY_LOG_LEVEL": "WARNING", **shim.env()}
+    env = {"PHS_GATEWAY_LOG_LEVEL": "INFO", **shim.env()}  # the default: scanned for canaries
     gateway = Service(
         "gateway",
         ["gateway.cli", "serve", "--data-dir", str(gateway_dir), "--port", str(gateway_port)],

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from canaries import patient_ref as canary_ref
 from shared.errors import ValidationFailed
 from shared.registry import Condition, RegistryEntry, Sex, parse_registry_entry
 from shared.risk import (
@@ -47,7 +48,7 @@ def entry(
     return RegistryEntry(
         id="e-1",
         facility_id="fac-1",
-        patient_ref="p-1",
+        patient_ref=canary_ref(1),
         sex=Sex.FEMALE,
         birth_date=date.fromisoformat(birth),
         conditions=tuple(
@@ -301,7 +302,7 @@ def test_model_reads_the_parsed_registry_entry() -> None:
         {
             "id": "e-9",
             "facilityId": "fac-1",
-            "patientRef": "p-9",
+            "patientRef": canary_ref(9),
             "sex": "male",
             "birthDate": "1950-01-01",
             "conditions": [{"code": "e11.9", "onset": "2001-02-03"}, {"code": "j44"}],
