@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from canaries import scan_output
 from chaos_support import (
     REPORT_EVENT,
     edge_states,
@@ -205,6 +206,7 @@ def audit_verify(gateway_dir: Path) -> tuple[int, str]:
         timeout=120,
         check=False,
     )
+    scan_output(done.stderr, "phs-gateway audit verify stderr")  # its log (canaries.py)
     return done.returncode, (done.stdout + done.stderr).strip()
 
 

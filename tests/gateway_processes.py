@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from canaries import scan_output
+
 SERVING = re.compile(r"serving http://[^:]+:(\d+) with (\d+) workers")
 RUNNING = re.compile(r"worker (\d+) \(pid (\d+)\): ======== Running on")
 
@@ -31,6 +33,7 @@ class ServeProcess:
     async def _read(self) -> None:
         assert self.proc.stdout is not None
         async for raw in self.proc.stdout:
+            scan_output(raw, "phs-gateway serve output")  # a service's output is its log
             line = raw.decode(errors="replace").rstrip("\n")
             running = RUNNING.search(line)
             if running:

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 
+from canaries import scan_output
 from gateway.app import create_app
 from gateway.db.schema import tokens
 from gateway.settings import Settings
@@ -205,6 +206,7 @@ async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
+    scan_output(err, f"phs-gateway {args[0]} stderr")  # its log; stdout is its answer
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

@@ -22,12 +22,14 @@ import asyncio
 import tempfile
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from canaries import scan_postgres_database, scan_tree
 from gateway.app import create_app
 from gateway.settings import Settings
 from harness import PREFIX, START, FakeClock, Gateway, bearer, document, transition
@@ -222,6 +224,10 @@ async def run_scenario(
             assert [h["id"] for h in item["history"]] == sent  # each arrival once, in order
             applied = [h for h in item["history"] if h["disposition"] == "applied"]
             assert item["state"] == (applied[-1]["to"] if applied else initial[item_id].value)
+    # Each example's store, for canaries, before the next one replaces it (tests/canaries.py).
+    if postgres_url:
+        await scan_postgres_database(postgres_url)
+    scan_tree(Path(data_dir))
 
 
 # ``postgres_url`` is the same for every example: each empties its database first.

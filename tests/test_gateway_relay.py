@@ -43,6 +43,7 @@ from nats.js.client import JetStreamContext
 from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from canaries import scan_messages, scan_postgres_database
 from gateway.cli import main as cli_main
 from gateway.db.database import Database
 from gateway.db.schema import events
@@ -222,6 +223,10 @@ async def stream(nats_url: str) -> AsyncIterator[TestStream]:
     js = nc.jetstream(timeout=10)
     try:
         yield TestStream(f"PHS_TEST_{unique}", f"phstest.{unique}", js)
+        # What the relay published, read back for canaries (tests/canaries.py).
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            published = await stream_messages(js, f"PHS_TEST_{unique}")
+            scan_messages((m.data for m in published), f"NATS stream PHS_TEST_{unique}")
     finally:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(f"PHS_TEST_{unique}")
@@ -565,7 +570,9 @@ async def postgres_database() -> AsyncIterator[str]:
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            yield server.set(database=name).render_as_string(hide_password=False)
+            url = server.set(database=name).render_as_string(hide_password=False)
+            yield url
+            await scan_postgres_database(url)  # its events, for canaries (tests/canaries.py)
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from canaries import scan_output
 from gateway.cli import main
 from gateway.settings import Settings
 from gateway.workers import Supervisor
@@ -132,5 +133,7 @@ async def test_processes_migrating_a_new_database_at_once(tmp_path: Path) -> Non
             for _ in range(4)
         ]
         outputs = [await proc.communicate() for proc in procs]
+        for _, err in outputs:
+            scan_output(err, "phs-gateway migrate stderr")
         assert [proc.returncode for proc in procs] == [0] * 4, outputs
         assert {out.decode().strip() for out, _ in outputs} == {"schema at head (postgresql)"}
