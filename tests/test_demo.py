@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from canaries import patient_prefix, scan_output
 from edgenode.demo import NODE_ID
 
 RUN_SECONDS = 180  # a loaded two-core CI box; the demo itself takes ~20 s when idle
@@ -40,7 +41,18 @@ OPEN = re.compile(r"^Open (http://127\.0\.0\.1:\d+/) — press Ctrl-C to stop")
 
 
 def demo_command(data_dir: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "edgenode.demo", "--data-dir", str(data_dir), *flags]
+    # Its patients are canaries: its console and its services' logs (files under
+    # tmp_path) and stores are scanned for them (tests/canaries.py).
+    return [
+        sys.executable,
+        "-m",
+        "edgenode.demo",
+        "--data-dir",
+        str(data_dir),
+        "--patient-prefix",
+        patient_prefix(),
+        *flags,
+    ]
 
 
 def get(url: str) -> tuple[int, str]:
@@ -90,6 +102,7 @@ def test_demo_exit_ends_with_summary_and_a_status_url_that_answered(tmp_path: Pa
         text=True,
         timeout=RUN_SECONDS,
     )
+    scan_output(done.stdout + done.stderr, "the demo's console")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert [line[:5] for line in lines if line.startswith("[")] == [
@@ -155,5 +168,6 @@ def test_demo_serves_until_ctrl_c(tmp_path: Path) -> None:
         seen.append(line)
     assert demo.stdout is not None
     demo.stdout.close()
+    scan_output("\n".join(seen), "the demo's console")
     assert seen[-1] == "stopping the gateway and the edge", "\n".join(seen)
     assert refused(url), f"{url} still answers after Ctrl-C"

@@ -128,8 +128,10 @@ class Demo:
         tablets: int,
         discovery: bool,
         window: HostWindow,
+        patient_prefix: str = "p-",
     ) -> None:
         self.data_dir = data_dir
+        self.patient_prefix = patient_prefix
         self.discovery = discovery
         self.items = items
         self.tablet_count = tablets
@@ -271,7 +273,7 @@ class Demo:
                     "facilityId": FACILITY,
                     "state": "assigned",
                     "assigneeId": "chw-7",
-                    "patientRef": f"p-{n}",
+                    "patientRef": f"{self.patient_prefix}{n}",
                 },
             ) as resp:
                 if resp.status != 201:
@@ -317,7 +319,13 @@ class Demo:
     ) -> None:
         console.step("tablets record outreach work and encounters offline, then sync")
         self.period = await record_offline_work(
-            devices, self.items, FACILITY, zone(TIME_ZONE), self.rng, datetime.now(UTC)
+            devices,
+            self.items,
+            FACILITY,
+            zone(TIME_ZONE),
+            self.rng,
+            datetime.now(UTC),
+            self.patient_prefix,
         )
         for device in devices:
             pending = await device.store.pending_counts()
@@ -509,6 +517,12 @@ def _parser() -> argparse.ArgumentParser:
         help="after the summary keep serving at most SECONDS, then stop (even without a "
         "terminal; Ctrl-C or SIGTERM stops earlier)",
     )
+    parser.add_argument(
+        "--patient-prefix",
+        default="p-",
+        help="what the made-up patient references start with (default p-; the tests use a "
+        "canary, to look for it where patient data must never be)",
+    )
     parser.add_argument("--inside-namespace", help=argparse.SUPPRESS)
     parser.add_argument("--host-netns", help=argparse.SUPPRESS)
     return parser
@@ -540,6 +554,7 @@ def main() -> None:
         args.tablets,
         args.inside_namespace is not None,
         HostWindow(args.host_netns),
+        args.patient_prefix,
     )
     # SIGTERM before the summary stops the services too (they run in their own
     # sessions, so nothing else would); while serving, finish() handles it.

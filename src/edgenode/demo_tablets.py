@@ -135,11 +135,13 @@ async def record_offline_work(
     tz: ZoneInfo,
     rng: random.Random,
     now: datetime,
+    patient_prefix: str = "p-",
 ) -> Period:
     """What the tablets record while offline: outreach transitions on the
     items ``oi-0000``… (spread over the tablets, one to three steps each,
     with two tablets racing on ``oi-0000``) and last week's encounters on
-    the first tablet. Returns that week, the period of the report."""
+    the first tablet, of patients ``<patient_prefix><n>``. Returns that week,
+    the period of the report."""
     for n in range(items):
         device = devices[n % len(devices)]
         item = f"oi-{n:04d}"
@@ -160,7 +162,7 @@ async def record_offline_work(
         await devices[0].record_encounter(
             {
                 "id": f"enc-{n}",
-                "patientRef": f"p-{rng.randrange(120)}",
+                "patientRef": f"{patient_prefix}{rng.randrange(120)}",
                 "facilityId": facility,
                 "occurredAt": format_timestamp(start + timedelta(minutes=rng.randrange(minutes))),
                 "kind": rng.choice(["visit", "screening", "immunization"]),
