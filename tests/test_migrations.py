@@ -17,8 +17,9 @@ from sqlalchemy import Connection, make_url
 
 from gateway.db.database import SQLITE_PRAGMAS, Database, alembic_config
 from gateway.db.schema import metadata
+from stores import postgres_database
 
-HEAD = "0006"
+HEAD = "0007"
 
 
 async def test_upgrade_twice_and_match_declared_schema(tmp_path: Path) -> None:
@@ -127,3 +128,57 @@ async def test_head_matches_declared_schema_on_postgres() -> None:
         await database.close()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+ENROLLED_AT = "2026-11-01T08:00:00.000Z"
+
+
+def _enroll_at_0006(conn: Connection, node_id: str, status: str, public_key: bytes) -> None:
+    conn.execute(
+        sa.text(
+            "INSERT INTO nodes (node_id, tenant_id, facility_ids, public_key, capabilities, "
+            "status, enrolled_at) VALUES (:n, 't1', '[\"f-001\"]', :k, '[]', :s, :e)"
+        ),
+        {"n": node_id, "k": public_key, "s": status, "e": ENROLLED_AT},
+    )
+
+
+async def _upgrade_from_0006_carries_keys(url: str) -> None:
+    """Nodes enrolled under 0006 keep their one key: 0007 carries it over as an
+    active key whose keyId is the node id (a revoked node stays refused by its
+    own status), so their requests are answered as before."""
+    database = Database(url)
+    keys = {"edge-01": b"\x01" * 32, "edge-02": b"\x02" * 32}
+    try:
+
+        def to_0006(conn: Connection) -> None:
+            command.upgrade(alembic_config(conn), "0006")
+            _enroll_at_0006(conn, "edge-01", "active", keys["edge-01"])
+            _enroll_at_0006(conn, "edge-02", "revoked", keys["edge-02"])
+
+        async with database.write() as conn:
+            await conn.run_sync(to_0006)
+        await database.migrate()
+        await database.migrate()  # at head: a second run changes nothing
+        async with database.read() as conn:
+            rows = (
+                await conn.exec_driver_sql(
+                    "SELECT key_id, node_id, public_key, status, created_at, retires_at, "
+                    "revoked_at FROM node_keys ORDER BY key_id"
+                )
+            ).all()
+    finally:
+        await database.close()
+    assert [(r[0], r[1], bytes(r[2]), *r[3:]) for r in rows] == [
+        ("edge-01", "edge-01", keys["edge-01"], "active", ENROLLED_AT, None, None),
+        ("edge-02", "edge-02", keys["edge-02"], "active", ENROLLED_AT, None, None),
+    ]
+
+
+async def test_upgrade_from_0006_carries_node_keys_over_on_sqlite(tmp_path: Path) -> None:
+    await _upgrade_from_0006_carries_keys(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+
+
+async def test_upgrade_from_0006_carries_node_keys_over_on_postgres() -> None:
+    async with postgres_database() as url:
+        await _upgrade_from_0006_carries_keys(url)

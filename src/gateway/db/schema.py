@@ -33,6 +33,24 @@ nodes = sa.Table(
     sa.Column("clock_offset_seconds", sa.Float),
 )
 
+# The keys a node signs its requests with (migration 0007, shared.node_keys):
+# its enrollment key (key_id = node_id) and those its rotations added. The
+# status is as stored: a retiring key whose retires_at has passed is retired
+# without being rewritten. nodes.public_key stays the enrollment key (the
+# node's identity on its office LAN, the fingerprint its tablets pin).
+node_keys = sa.Table(
+    "node_keys",
+    metadata,
+    sa.Column("key_id", sa.String(128), primary_key=True),
+    sa.Column("node_id", sa.String(128), sa.ForeignKey("nodes.node_id"), nullable=False),
+    sa.Column("public_key", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("retires_at", sa.String(32)),
+    sa.Column("revoked_at", sa.String(32)),
+    sa.Index("ix_node_keys_node", "node_id", "created_at"),
+)
+
 tokens = sa.Table(
     "tokens",
     metadata,
