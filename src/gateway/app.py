@@ -20,6 +20,7 @@ from gateway.memberships import daily_recompute
 from gateway.middleware import problem_middleware
 from gateway.openapi import OPENAPI_PATH
 from gateway.resources import (
+    admin_node_keys,
     admin_nodes,
     admin_page,
     analytics,
@@ -32,6 +33,7 @@ from gateway.resources import (
     health,
     hmis_exports,
     metrics,
+    node_keys,
     openapi,
     outreach_items,
     quality_snapshots,
@@ -61,11 +63,17 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/admin/nodes", admin_nodes.enroll)
     r.add_get(f"{PREFIX}/admin/nodes/{{nodeId}}", admin_nodes.read)
     r.add_delete(f"{PREFIX}/admin/nodes/{{nodeId}}", admin_nodes.revoke)
+    node_keys_path = f"{PREFIX}/admin/nodes/{{nodeId}}/keys"
+    r.add_get(node_keys_path, admin_node_keys.list_keys)
+    r.add_post(node_keys_path, admin_node_keys.add)
+    r.add_post(f"{node_keys_path}/{{keyId}}/retire", admin_node_keys.retire)
+    r.add_delete(f"{node_keys_path}/{{keyId}}", admin_node_keys.revoke)
     r.add_post(f"{PREFIX}/outreach-items", outreach_items.create)
     r.add_get(f"{PREFIX}/outreach-items/{{id}}", outreach_items.read)
     r.add_post(f"{PREFIX}/outreach-items/{{id}}/transitions", outreach_items.transition)
     r.add_post(f"{PREFIX}/sync/facility-reports", facility_reports.submit)
     r.add_post(f"{PREFIX}/sync/batches", batches.submit)
+    r.add_post(f"{PREFIX}/sync/keys", node_keys.rotate)
     r.add_get(f"{PREFIX}/sync/changes", changes.read)
     r.add_get(f"{PREFIX}/analytics/facility-reports", analytics.read)
     r.add_get(f"{PREFIX}/events", events.read)

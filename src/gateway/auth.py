@@ -1,5 +1,9 @@
 """Authentication at the HTTP edge: node request signatures and bearer tokens.
 
+A request signed with a key in its overlap window is answered with the
+``PHS-Key-Retires-At`` header (when the key stops being accepted), so the
+node rotates before then (docs/key-rotation.md).
+
 A node's successful requests also keep when it was last seen and its clock
 offset (its signed time minus ours) on its ``nodes`` row, for the admin page:
 after the answer is ready and only if it succeeded and is not a replay (a
@@ -19,8 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.db.schema import nodes
 from gateway.http import SETTINGS, database, now, path_with_query
+from gateway.node_keys import get_key
 from gateway.registry import Node, Role, TokenPrincipal, find_token, get_node
-from shared.errors import KeyRevoked, MissingCredentials, RoleForbidden, UnknownKey
+from shared.errors import KeyRevoked, MissingCredentials, PhsError, RoleForbidden, UnknownKey
+from shared.node_keys import KEY_RETIRES_HEADER, KeyStatus, NodeKey
 from shared.signing import parse_authorization, verify_request
 from shared.values import format_timestamp, parse_timestamp
 
@@ -35,6 +41,7 @@ class NodeContact:
     node: Node
     at: datetime
     clock_offset_seconds: float  # the signed ts minus the gateway's clock
+    key: NodeKey | None = None  # the key the request was signed with
 
     def worth_writing(self) -> bool:
         node = self.node
@@ -49,32 +56,43 @@ NODE_CONTACT = web.RequestKey("node_contact", NodeContact)
 
 
 async def authenticate_node(request: web.Request, body: bytes) -> Node:
-    """Verify ``Authorization: PHS-Ed25519 …`` against the enrolled key."""
+    """Verify ``Authorization: PHS-Ed25519 …`` against the key its ``keyId``
+    names (the node's enrollment key, or one its rotations added:
+    docs/key-rotation.md). A key of a revoked node, a revoked key: 403
+    ``key_revoked``; a retired key: 401 ``key_retired``; each recorded in the
+    audit log when the signature shows the key's holder sent it."""
     auth = parse_authorization(request.headers.get("Authorization"))
     async with database(request).read() as conn:
-        node = await get_node(conn, auth.key_id)
-    if node is None:
-        raise UnknownKey(f"no enrolled node {auth.key_id}")
-    if not node.active:
-        raise KeyRevoked(f"node {auth.key_id} is revoked")
+        key = await get_key(conn, auth.key_id)
+        node = None if key is None else await get_node(conn, key.node_id)
+    if key is None or node is None:
+        raise UnknownKey(f"no enrolled key {auth.key_id}")
     moment = now(request)
-    verify_request(
-        auth,
-        node.public_key,
-        request.method,
-        path_with_query(request),
-        body,
-        moment.timestamp(),
-        request.app[SETTINGS].clock_skew_seconds,
+    skew = request.app[SETTINGS].clock_skew_seconds
+    refusal: PhsError | None = (
+        KeyRevoked(f"node {node.node_id} is revoked") if not node.active else key.refusal(moment)
     )
-    request[NODE_CONTACT] = NodeContact(node, moment, round(auth.ts - moment.timestamp(), 1))
+    if refusal is not None:
+        # gateway.audit imports this module (authenticate_token): imported here.
+        from gateway.key_rotation import record_refused_use
+
+        await record_refused_use(request, auth, key, node, body, moment, skew)
+        raise refusal
+    path = path_with_query(request)
+    verify_request(auth, key.public_key, request.method, path, body, moment.timestamp(), skew)
+    request[NODE_CONTACT] = NodeContact(node, moment, round(auth.ts - moment.timestamp(), 1), key)
     return node
 
 
 async def note_node_seen(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: keep a node's last contact once its request succeeded."""
     contact = request.get(NODE_CONTACT)
-    if contact is None or response.status >= 400 or "Idempotent-Replayed" in response.headers:
+    if contact is None:
+        return
+    if contact.key is not None and contact.key.status_at(contact.at) is KeyStatus.RETIRING:
+        # Tells the node to rotate (edgenode.rotation) while its key still works.
+        response.headers[KEY_RETIRES_HEADER] = contact.key.retires_at or ""
+    if response.status >= 400 or "Idempotent-Replayed" in response.headers:
         return
     if not contact.worth_writing():
         return

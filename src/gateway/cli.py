@@ -6,6 +6,10 @@
                             [--capability risk_override]
     phs-gateway revoke-node --node-id ID
     phs-gateway create-token --tenant T --role admin|service|analyst [--label L]
+    phs-gateway list-keys --node-id ID
+    phs-gateway rotate-key --node-id ID [--public-key B64] [--overlap-seconds S]
+    phs-gateway retire-key --key-id KEY [--overlap-seconds S]
+    phs-gateway revoke-key --key-id KEY
     phs-gateway migrate
     phs-gateway audit verify [--anchor COUNT:HASH] | tail [-n N]
 
@@ -26,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import audit_commands
+from gateway import audit_commands, key_commands
 from gateway.app import create_app
 from gateway.db.database import Database
 from gateway.http import DATABASE, system_clock
@@ -78,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", required=True, choices=["admin", "service", "analyst"])
     token.add_argument("--label", default="")
     sub.add_parser("migrate", parents=[common], help="upgrade the store's schema")
+    key_commands.add_parsers(sub, common)
     audit_commands.add_parser(sub, common)
     return parser
 
@@ -257,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             audit = audit_commands.run
             status: int = asyncio.run(_with_store(settings, lambda db: audit(args, db)))
             return status
+        if args.command in key_commands.NAMES:
+            keys = key_commands.run
+            asyncio.run(_with_store(settings, lambda db: keys(args, db, settings)))
+            return 0
         command = COMMANDS[args.command]
         asyncio.run(_with_store(settings, lambda db: command(args, db)))
         return 0

@@ -86,7 +86,7 @@ TOKEN: Codes = {401: ["unauthenticated"], 403: ["forbidden"]}
 WRITER: Codes = {401: ["unauthenticated"], 403: ["policy_server_authoritative"]}
 # A signed node request (CONTRACT section 2).
 SIGNED: Codes = {
-    401: ["unauthenticated", "unknown_key", "bad_signature", "clock_skew"],
+    401: ["unauthenticated", "unknown_key", "bad_signature", "clock_skew", "key_retired"],
     403: ["key_revoked"],
 }
 # Every write: the body (if any) and Idempotency-Key (CONTRACT sections 1 and 4).
@@ -315,9 +315,12 @@ PARAMETERS: dict[str, Schema] = {
 @functools.cache
 def openapi_bytes() -> bytes:
     """The whole document, encoded once (it does not change while we run)."""
-    from gateway.openapi_paths import PATHS, TAGS  # the path table imports the helpers above
+    # The path tables import the helpers above.
+    from gateway.openapi_keys import KEY_PATHS
+    from gateway.openapi_paths import PATHS, TAGS
 
-    for path, item in PATHS.items():
+    paths = {**PATHS, **KEY_PATHS}
+    for path, item in paths.items():
         if "{" in path:  # a parameter that matches no route (a "/" in it): no such resource
             for method in HTTP_METHODS & set(item):
                 item[method]["responses"].setdefault("404", problem_answer(404, ["not_found"]))
@@ -340,7 +343,7 @@ def openapi_bytes() -> bytes:
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "tags": TAGS,
-        "paths": PATHS,
+        "paths": paths,
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": SECURITY_SCHEMES,

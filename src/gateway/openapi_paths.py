@@ -492,7 +492,7 @@ PATHS: dict[str, dict[str, Any]] = {
             body=REPORT_SUBMISSION,
             ok={201: REPORT_RECEIPT, 200: REPORT_RECEIPT},
             problems={
-                401: ["unknown_key", "bad_signature"],
+                401: ["unknown_key", "bad_signature", "key_retired"],
                 403: ["key_revoked", "out_of_scope"],
                 409: ["report_conflict"],
                 422: ["invalid_report"],

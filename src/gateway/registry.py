@@ -19,7 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.schema import nodes, tokens
+from gateway.node_keys import insert_key
 from shared.errors import AlreadyExists, NotFound, ValidationFailed
+from shared.node_keys import KeyStatus, NodeKey
 from shared.signing import fingerprint
 from shared.values import format_timestamp, identifier
 
@@ -123,8 +125,9 @@ async def enroll_node(
         raise ValidationFailed(
             f"unknown capabilities: {', '.join(sorted(unknown))}", field="capabilities"
         )
+    checked_id = identifier(node_id, "nodeId")
     row = {
-        "node_id": identifier(node_id, "nodeId"),
+        "node_id": checked_id,
         "tenant_id": identifier(tenant_id, "tenantId"),
         "facility_ids": facilities,
         "public_key": public_key,
@@ -133,11 +136,15 @@ async def enroll_node(
         "enrolled_at": format_timestamp(now),
         "revoked_at": None,
     }
+    # The enrollment key signs as the node id (CONTRACT section 2); rotations
+    # add others (gateway.node_keys).
+    key = NodeKey(checked_id, checked_id, public_key, KeyStatus.ACTIVE, format_timestamp(now))
     try:
         async with conn.begin_nested():
             await conn.execute(nodes.insert().values(**row))
+            await insert_key(conn, key)
     except IntegrityError as err:
-        raise AlreadyExists(f"node {node_id} is already enrolled") from err
+        raise AlreadyExists(f"node {node_id} (or a key of that id) is already enrolled") from err
     return _node_from_row(row)
 
 

@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.schema import facility_reports, report_submissions
 from gateway.events import append_event
-from gateway.registry import get_node
-from shared.errors import KeyRevoked, OutOfScope, UnknownKey
+from gateway.node_keys import keys_of
+from gateway.registry import Node, get_node
+from shared.errors import BadSignature, KeyRevoked, OutOfScope, PhsError, UnknownKey
+from shared.node_keys import KeyStatus, NodeKey, signs_report
 from shared.reports import FacilityReport, parse_report_payload, same_metrics
 from shared.signing import verify_signature
 from shared.values import format_timestamp
@@ -34,18 +36,37 @@ class ReportOutcome:
     report_id: str  # the stored report (for a conflict: the one it conflicts with)
 
 
-async def verified_report(
-    conn: AsyncConnection, submission: ReportSubmission, tenant_id: str | None = None
-) -> FacilityReport:
-    """Check the signature with the device's enrolled key (before decoding the
+@dataclass(frozen=True)
+class CheckedReport:
+    """A report whose signature verified under ``key`` of ``node``, within
+    the node's enrollment; ``refusal``: the key may not sign it (the answer)."""
+
+    report: FacilityReport
+    node: Node
+    key: NodeKey
+    refusal: PhsError | None
+
+
+async def check_report(
+    conn: AsyncConnection,
+    submission: ReportSubmission,
+    now: datetime,
+    tenant_id: str | None = None,
+) -> CheckedReport:
+    """Check the signature with the device's keys (before decoding the
     payload), then that the payload lies within the device's enrollment.
-    ``tenant_id``, when given, is the tenant of the node relaying it."""
+    ``tenant_id``, when given, is the tenant of the node relaying it.
+
+    A report names its device, not a key: the node's keys are tried, those
+    it may sign with now first. One signed by a retired key is accepted if it
+    was made before the key's window ended, one signed by a revoked key never
+    (shared.node_keys.signs_report): else ``refusal`` says why."""
     node = await get_node(conn, submission.device_id)
     if node is None:
         raise UnknownKey(f"no enrolled device {submission.device_id}")
     if not node.active:
         raise KeyRevoked(f"device {submission.device_id} is revoked")
-    verify_signature(node.public_key, submission.payload, submission.signature)
+    key = await _signing_key(conn, node, submission)
     report = parse_report_payload(submission.payload)
     if report.device_id != node.node_id:
         raise OutOfScope("the payload's deviceId is not the signing device")
@@ -55,7 +76,34 @@ async def verified_report(
         raise OutOfScope(f"tenant {report.tenant_id} is outside the device's enrollment")
     if report.facility_id not in node.facility_ids:
         raise OutOfScope(f"facility {report.facility_id} is outside the device's enrollment")
-    return report
+    return CheckedReport(report, node, key, signs_report(key, report.generated_at, now))
+
+
+async def verified_report(
+    conn: AsyncConnection,
+    submission: ReportSubmission,
+    now: datetime,
+    tenant_id: str | None = None,
+) -> FacilityReport:
+    """``check_report``, its refusal raised."""
+    checked = await check_report(conn, submission, now, tenant_id)
+    if checked.refusal is not None:
+        raise checked.refusal
+    return checked.report
+
+
+async def _signing_key(conn: AsyncConnection, node: Node, submission: ReportSubmission) -> NodeKey:
+    """The node's key whose signature this is (BadSignature: none of them)."""
+    keys = await keys_of(conn, node.node_id)
+    # Usable keys first (newest first): the usual report costs one verification.
+    keys.sort(key=lambda k: (k.status in (KeyStatus.ACTIVE, KeyStatus.RETIRING), k.created_at))
+    for key in reversed(keys):
+        try:
+            verify_signature(key.public_key, submission.payload, submission.signature)
+        except BadSignature:
+            continue
+        return key
+    raise BadSignature("the report's signature does not verify under any key of its device")
 
 
 _DEDUP_KEY = ["facility_id", "period_key", "device_id"]  # uq_report_dedup

@@ -63,6 +63,12 @@ class Settings:
         300,
         "Allowed difference between a signed request's ts and the gateway clock (401 clock_skew).",
     )
+    key_overlap_seconds: int = setting(
+        7 * 24 * 3600,
+        "How long a node's previous key is still accepted after a rotation (its overlap "
+        "window; then 401 key_retired). Admins may name another length per call "
+        "(docs/key-rotation.md).",
+    )
     idempotency_ttl_seconds: int = setting(
         86400, "How long a stored Idempotency-Key answer is replayed; purged after."
     )

@@ -114,7 +114,7 @@ async def _report_result(
     conn: AsyncConnection, node: Node, item: ReportSubmission, request: web.Request
 ) -> dict[str, Any]:
     try:
-        report = await verified_report(conn, item, tenant_id=node.tenant_id)
+        report = await verified_report(conn, item, now(request), node.tenant_id)
     except PhsError as err:
         return {"id": item.id, "status": "rejected", "code": err.code, "detail": err.detail}
     outcome = await store_report(conn, item, report, now(request))

@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import audit
 from gateway.http import database, now, read_document
 from gateway.idempotency import Reply, run_write
-from gateway.reports import store_report, verified_report
+from gateway.key_rotation import refused_use
+from gateway.reports import check_report, store_report
 from shared.errors import ReportConflict
 from shared.wire import REPORT_FIELDS, parse_report_submission
 
@@ -21,7 +22,11 @@ async def submit(request: web.Request) -> web.Response:
     body, doc = await read_document(request)
     submission = parse_report_submission(doc, fields=REPORT_FIELDS)
     async with database(request).read() as conn:
-        report = await verified_report(conn, submission)
+        checked = await check_report(conn, submission, now(request))
+    if checked.refusal is not None:  # signed by a retired or revoked key: recorded
+        await audit.record(request, refused_use(checked.node, checked.key, now(request)))
+        raise checked.refusal
+    report = checked.report
 
     # The report's own signature authenticates it: its device (an enrolled node) acts.
     actor = audit.Actor(f"node:{report.device_id}", report.tenant_id, report.device_id)

@@ -1,0 +1,47 @@
+"""``POST …/sync/keys``: a node rotates its own signing key (docs/key-rotation.md).
+
+Signed with a key the node may still use (active, or retiring within its
+window), the request registers the new public key the node generated; the
+node switches to it once it has this answer. The new key becomes active and
+the node's active keys start their overlap window (``key_overlap_seconds``).
+
+201 with the node's keys when the key is new; 200 and nothing changed when it
+is already the node's active key: a resend after a lost answer, signed with
+the old key or the new one, is answered the same way. A key the gateway has
+seen in any other state, or for another node, is 409 ``already_exists``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway import key_rotation
+from gateway.auth import authenticate_node
+from gateway.http import SETTINGS, decode_document, now, read_body
+from gateway.idempotency import Reply, run_write
+from gateway.node_keys import keys_of
+from shared.node_keys import overlap_seconds
+from shared.signing import public_key_from
+from shared.values import only_fields, required
+
+FIELDS = frozenset({"publicKey"})
+
+
+async def rotate(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    node = await authenticate_node(request, body)  # before decoding: callers are unknown
+    doc = decode_document(request, body)
+    only_fields(doc, FIELDS, "key")
+    public_key = public_key_from(required(doc, "publicKey"))
+    overlap = overlap_seconds(request.app[SETTINGS].key_overlap_seconds, "key_overlap_seconds")
+
+    async def write(conn: AsyncConnection) -> Reply:
+        moment = now(request)
+        principal = f"node:{node.node_id}"
+        change = await key_rotation.rotate(conn, principal, node, public_key, moment, overlap)
+        keys = [key.to_wire(moment) for key in await keys_of(conn, node.node_id)]
+        document = {"nodeId": node.node_id, "keyId": change.key.key_id, "keys": keys}
+        return Reply(201 if change.changed else 200, document)
+
+    return await run_write(request, f"node:{node.node_id}", body, write)
