@@ -104,6 +104,9 @@ KEY_ONLY: Codes = {
 }
 NOT_FOUND: Codes = {404: ["not_found"]}
 QUERY: Codes = {422: ["validation_failed"]}
+# Every operation: a path parameter or a query string holding text no store can
+# hold (NUL, a lone surrogate) is refused before any handler (gateway.middleware).
+UNSTORABLE_TEXT: Codes = QUERY
 
 
 def merge(*code_sets: Codes) -> dict[int, list[str]]:
@@ -154,11 +157,12 @@ def operation(
     or a full response object when it has a ``description``); ``problems`` the
     error statuses to their codes. A write (``body`` or ``idempotent_write``)
     takes Idempotency-Key and answers the body's and the key's problems. Every
-    operation answers in a negotiated type (406 ``not_acceptable``) unless
+    operation may answer 422 ``validation_failed`` (unstorable text in its path
+    or query) and answers in a negotiated type (406 ``not_acceptable``) unless
     ``negotiated`` is false, and 503 ``unavailable`` when ``uses_store`` and the
     database does not answer."""
     params = list(parameters)
-    codes: list[Codes] = [problems]
+    codes: list[Codes] = [problems, UNSTORABLE_TEXT]
     if negotiated:
         codes.append({406: ["not_acceptable"]})
     if uses_store:

@@ -167,7 +167,9 @@ async def revoke_node(
 
 
 def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # surrogateescape: aiohttp decodes a header's non-UTF-8 bytes to lone
+    # surrogates; a Bearer token of such bytes hashes to no token (was a 500).
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 async def create_token(
