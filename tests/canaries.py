@@ -51,7 +51,7 @@ from canary_sinks import (
     scan_postgres,
     scan_text,
 )
-from observability.logs import LIBRARY_LEVELS, JsonFormatter
+from observability.logs import LIBRARY_LEVELS, JsonFormatter, LineHandler
 
 MARKER = f"CANARY-{secrets.token_hex(4)}"
 SESSION = "the session (outside any test)"
@@ -221,8 +221,14 @@ def report(findings: Iterable[Finding]) -> str:
 
 def _production_levels() -> None:
     """Root at the services' default level, libraries held as the services hold
-    them (a test that ran a CLI's main in-process may have changed either)."""
-    logging.getLogger().setLevel(LEVEL)
+    them (a test that ran a CLI's main in-process may have changed either).
+
+    The handler such a main left on the root logger goes too: at INFO it would
+    write every later test's records into that test's captured output."""
+    root = logging.getLogger()
+    root.setLevel(LEVEL)
+    for handler in [h for h in root.handlers if isinstance(h, LineHandler)]:
+        root.removeHandler(handler)
     for name, floor in LIBRARY_LEVELS.items():
         logging.getLogger(name).setLevel(floor)
 
