@@ -52,7 +52,10 @@ class RelayLock:
                 await self._connection.execute(text("SELECT 1"))
                 return True
             except (SQLAlchemyError, OSError):
-                await self.release()  # the session, and with it the lock, is gone
+                # The session, and with it the lock, is gone: another relay may
+                # hold it by now. Stand by this round; ask again the next.
+                await self.release()
+                return False
         try:
             connection = await self._database.session_connection()
         except (SQLAlchemyError, OSError):
