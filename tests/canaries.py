@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import secrets
@@ -108,6 +109,10 @@ class CanaryPlugin:
         self.scanned: set[tuple[str, int, int]] = set()  # (path, size, mtime) of files read
         self.roots: set[Path] = set()  # every tmp_path's parent: swept at the end
         self.handler = CanaryLogHandler(self)
+        # Under pytest-xdist each worker process draws its own marker and scans
+        # its own tests; the controller adds up what the workers report.
+        self.worker_markers: list[str] = []
+        self.seeded_by_workers = 0
 
     # -- what the helpers and the hooks call --------------------------------------------
 
@@ -180,6 +185,34 @@ class CanaryPlugin:
             self.scan_files(root)  # anything written after its test, or by session fixtures
         if self.unreported and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller reports for all
+            workeroutput["canaries"] = {
+                "marker": MARKER,
+                "seeded": len(_seeded),
+                "findings": self.findings,
+                "tally": dataclasses.asdict(self.tally),
+                "late": [(node, f.sink, f.where, f.excerpt) for node, f in self.unreported],
+            }
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """pytest-xdist, in the controller: add a finished worker's scan (its
+        findings outside a test's teardown fail the session here)."""
+        data = getattr(node, "workeroutput", {}).get("canaries")
+        if data is None:
+            return
+        self.worker_markers.append(data["marker"])
+        self.seeded_by_workers += data["seeded"]
+        self.findings += data["findings"]
+        t = data["tally"]
+        for name in ("log_records", "output_lines", "log_files", "databases", "messages"):
+            setattr(self.tally, name, getattr(self.tally, name) + t[name])
+        self.tally.unreadable += t["unreadable"]
+        self.tally.seconds += t["seconds"]
+        for sink, count in t["rows"].items():
+            self.tally.rows[sink] = self.tally.rows.get(sink, 0) + count
+        self.unreported += [(n, Finding(sink, where, hit)) for n, sink, where, hit in data["late"]]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         late = self.unreported
@@ -193,7 +226,8 @@ class CanaryPlugin:
         t = self.tally
         found = self.findings
         return (
-            f"canaries: {MARKER}, {len(_seeded):,} patientRef values seeded; scanned "
+            f"canaries: {', '.join([MARKER, *self.worker_markers])}, "
+            f"{len(_seeded) + self.seeded_by_workers:,} patientRef values seeded; scanned "
             f"{t.log_records:,} in-process log records, {t.output_lines:,} lines of process "
             f"output and log files ({t.log_files:,} files), {t.rows[EVENT]:,} events, "
             f"{t.rows[REPORT]:,} report rows, {t.rows[EXPORT]:,} export rows and "
