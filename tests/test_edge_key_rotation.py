@@ -26,7 +26,7 @@ from edgenode import cli as edge_cli
 from edgenode.gateway_client import GatewayClient
 from edgenode.keys import GATEWAY_KEY, PENDING_KEY, NodeKeys, load_key
 from edgenode.reports import generate_report
-from edgenode.rotation import ROTATED, WAITING, KeyRotation
+from edgenode.rotation import REFUSED, ROTATED, WAITING, KeyRotation
 from edgenode.sync import Forwarder
 from faultproxy import FaultPlan, FaultProxy
 from gateway.app import create_app
@@ -238,3 +238,43 @@ async def test_edgenode_rotate_key_command(
         assert await asyncio.to_thread(edgenode, "sync") == 0  # signed with the new key
     finally:
         await server.close()
+
+
+async def test_a_refused_rotation_is_asked_again_after_a_growing_pause(tmp_path: Path) -> None:
+    """The node's key was revoked and the gateway never registered its new one:
+    every attempt is refused, and each is an audit row at the gateway. After a
+    refusal ``resume`` (each forward cycle) asks again only after a pause that
+    doubles from 60 s to 30 min; ``finish`` (``edgenode rotate-key``) asks at once."""
+    async with edge_system(tmp_path) as system, aiohttp.ClientSession(timeout=TIMEOUT) as wan:
+        node_id = system.edge_settings.node_id
+        edge = EdgeKeys(system, wan, system.gateway_url)
+        client, _, _ = edge.start()
+        now = [1000.0]
+        rotation = KeyRotation(client, edge.keys, clock=lambda: now[0])
+        pending = edge.keys.make_pending()
+        resp = await system.gateway.client.delete(
+            f"{PREFIX}/admin/nodes/{node_id}/keys/{node_id}", headers=bearer(system.admin_token)
+        )
+        assert resp.status == 200, await resp.text()
+
+        async def attempts_seen() -> int:  # one refused-use row per attempt that reached it
+            rows = await key_rows(system.gateway)
+            return sum(1 for r in rows if r[3] == "node_key.use" and r[5] == "refused")
+
+        first = await rotation.resume()
+        assert first is not None and first.state == REFUSED
+        assert first.pending_key_id == pending.key_id and await attempts_seen() == 1
+        asked_at, waits = now[0], []
+        for _ in range(7):
+            held = await rotation.resume()  # the next forward cycle, at once: held back
+            assert held is not None and held.state == REFUSED and "asking again" in held.detail
+            seen = await attempts_seen()
+            while (await rotation.resume()) is not None and await attempts_seen() == seen:
+                now[0] += 30  # forward cycles every 30 s until it asks again
+            waits.append(now[0] - asked_at)
+            asked_at = now[0]
+        assert waits == [60, 120, 240, 480, 960, 1800, 1800]  # doubling, then capped
+        assert await attempts_seen() == 8
+        explicit = await rotation.finish()  # edgenode rotate-key: no pause
+        assert explicit.state == REFUSED and await attempts_seen() == 9
+        assert client.key_id == node_id and edge.keys.pending() is not None

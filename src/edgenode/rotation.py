@@ -20,11 +20,17 @@ registered leaves the node waiting for an admin (``phs-gateway rotate-key
 sync``: it finishes a rotation under way, and starts one when the gateway's
 last answer said the current key is retiring (an admin's ``phs-gateway
 rotate-key``), so the node moves to a new key well before its window ends.
+Once the gateway has refused the new key, ``resume`` asks again only after a
+pause that doubles from a minute to half an hour: the node waits for an admin
+anyway, and each refused attempt is an audit row at the gateway, which a node
+left waiting for days would otherwise add every forward cycle.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgenode.gateway_client import PREFIX, GatewayAnswer, GatewayClient, GatewayUnreachable
@@ -40,6 +46,8 @@ ROTATED = "rotated"  # the node signs with the new key from now on
 WAITING = "waiting"  # not acknowledged (WAN down, gateway error): kept, sent again later
 REFUSED = "refused"  # the gateway refused it: kept for an admin, or dropped if it never will
 NOTHING = "nothing"  # no rotation under way
+FIRST_PAUSE_SECONDS = 60.0  # after a refusal, before resume() asks again
+LONGEST_PAUSE_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)
@@ -51,9 +59,17 @@ class RotationOutcome:
 
 
 class KeyRotation:
-    def __init__(self, client: GatewayClient, keys: NodeKeys) -> None:
+    def __init__(
+        self,
+        client: GatewayClient,
+        keys: NodeKeys,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self._keys = keys
+        self._clock = clock
+        self._pause = 0.0  # after the last refusal (doubles up to LONGEST_PAUSE_SECONDS)
+        self._next_attempt = 0.0  # resume() asks again from then (clock's seconds)
 
     def follow_disk(self) -> SigningKey:
         """Sign with the current key on disk (another process may have rotated)."""
@@ -81,9 +97,29 @@ class KeyRotation:
                 self._client.key_retires_at,
             )
             self._keys.make_pending()
+        elif self._clock() < self._next_attempt:
+            pending = self._keys.pending()
+            return RotationOutcome(
+                REFUSED,
+                current.key_id,
+                pending.key_id if pending else None,
+                f"refused by the gateway; asking again in "
+                f"{self._next_attempt - self._clock():.0f} s (or run edgenode rotate-key)",
+            )
         return await self.finish()
 
     async def finish(self) -> RotationOutcome:
+        """Register the key under way now (``rotate`` and ``edgenode rotate-key``
+        never wait out the pause after a refusal)."""
+        outcome = await self._finish()
+        if outcome.state == REFUSED and outcome.pending_key_id is not None:
+            self._pause = min(LONGEST_PAUSE_SECONDS, max(FIRST_PAUSE_SECONDS, 2 * self._pause))
+            self._next_attempt = self._clock() + self._pause
+        elif outcome.state != WAITING:
+            self._pause, self._next_attempt = 0.0, 0.0
+        return outcome
+
+    async def _finish(self) -> RotationOutcome:
         current = self.follow_disk()
         pending = self._keys.pending()
         if pending is None:
