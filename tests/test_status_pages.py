@@ -12,6 +12,7 @@ most every 30 s unless the offset moved; the report grid's periods.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from datetime import date
@@ -20,12 +21,15 @@ from typing import Any
 import msgpack
 import pytest
 import sqlalchemy as sa
+from aiohttp.test_utils import TestClient, TestServer
 
 from edge_harness import edge_system
 from edgenode.status_page import render
 from gateway.admin_overview import grid_periods
+from gateway.app import create_app
 from gateway.db.schema import admin_sessions
-from harness import PREFIX, Gateway, assert_problem, bearer, document, transition
+from gateway.settings import Settings
+from harness import PREFIX, FakeClock, Gateway, assert_problem, bearer, document, transition
 from shared.periods import PeriodType
 from shared.values import format_timestamp
 
@@ -316,3 +320,18 @@ GRID_PERIODS = [
 @pytest.mark.parametrize(("today", "period_type", "count", "keys"), GRID_PERIODS)
 def test_grid_periods(today: date, period_type: PeriodType, count: int, keys: list[str]) -> None:
     assert [p.key for p in grid_periods(today, period_type, count)] == keys
+
+
+async def test_admin_cookie_is_secure_behind_a_tls_proxy_when_set(
+    gateway_settings: Settings, clock: FakeClock
+) -> None:
+    """A TLS-terminating proxy talks plain HTTP to the gateway: the request is
+    not ``secure``, so the cookie would go without ``Secure`` unless
+    ``admin_cookie_secure`` says the page is only ever reached over HTTPS."""
+    for setting_on in (False, True):
+        settings = dataclasses.replace(gateway_settings, admin_cookie_secure=setting_on)
+        async with TestClient(TestServer(create_app(settings, clock))) as client:
+            gateway = Gateway(client, clock)
+            admin = await gateway.token("admin", "t1")
+            cookie = (await login(gateway, admin)).cookies["phs_admin"]
+            assert bool(cookie["secure"]) is setting_on

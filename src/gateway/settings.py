@@ -121,6 +121,11 @@ class Settings:
     deident_max_suppressed_share: float = setting(
         0.05, "Largest share of rows a de-identified extract may suppress; more blocks it."
     )
+    admin_cookie_secure: bool = setting(
+        False,
+        "Always mark the admin page's session cookie Secure: set it when a TLS-terminating "
+        "proxy talks plain HTTP to the gateway (otherwise Secure only on a TLS request).",
+    )
     log_level: str = setting("INFO", "Python logging level.")
     log_format: str = setting(
         "",

@@ -16,7 +16,7 @@ from gateway.admin_html import render_login, render_overview
 from gateway.admin_overview import collect_overview
 from gateway.admin_sessions import SESSION_LIFETIME, close_session, find_session, open_session
 from gateway.auth import authenticate_token
-from gateway.http import database, now, respond
+from gateway.http import database, now, respond, settings
 from gateway.registry import Role, TokenPrincipal, find_token
 from observability.html_page import SECURITY_HEADERS
 from shared.errors import MalformedBody
@@ -93,7 +93,9 @@ async def login(request: web.Request) -> web.Response:
         max_age=int(SESSION_LIFETIME.total_seconds()),
         httponly=True,
         samesite="Strict",
-        secure=request.secure,  # behind TLS; plain http on loopback works too
+        # Over TLS, or always when a TLS proxy fronts the gateway; plain http on
+        # loopback works too.
+        secure=request.secure or settings(request).admin_cookie_secure,
     )
     return response
 
