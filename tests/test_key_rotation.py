@@ -281,3 +281,32 @@ async def test_gateway_key_commands(
     assert (status, problem["code"]) == (401, "key_retired")
     status, problem, _ = await batch(gateway, node, old, [])
     assert (status, problem["code"]) == (403, "key_revoked")
+
+
+async def test_a_key_rotated_away_from_cannot_register_keys(gateway: Gateway) -> None:
+    """After K1 → K2, K1 is retiring and may have leaked (why nodes rotate): it
+    still signs the node's work for its window, but cannot register a key of
+    its own choosing (403, nothing changes). K2 can. A key an admin has retired
+    since it was registered is still the node's: its resend is 200."""
+    admin = await gateway.token("admin")
+    node = await gateway.enroll()
+    first, second, thief, third = identity_key(node), new_key(node), new_key(node), new_key(node)
+    assert (await rotate(gateway, first, second.keypair))[0] == 201
+    before = await key_table(gateway)
+    status, doc = await rotate(gateway, first, thief.keypair)
+    assert status == 403 and doc["code"] == "forbidden", doc
+    assert await key_table(gateway) == before
+    status, doc = await rotate(gateway, second, third.keypair)
+    assert status == 201, doc
+    # An admin retires the active key with a window: the node, with no active key
+    # left, rotates with the retiring one, as it is asked to.
+    resp = await gateway.client.post(
+        f"{PREFIX}/admin/nodes/{node.node_id}/keys/{third.key_id}/retire",
+        json={"overlapSeconds": 3600},
+        headers=bearer(admin),
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await rotate(gateway, third, thief.keypair))[0] == 201
+    # A resend naming a key that is retiring now (answer lost, then retired): 200.
+    assert (await rotate(gateway, third, third.keypair))[0] == 200
+    await assert_chain_intact(gateway)

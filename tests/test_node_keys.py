@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -66,20 +66,29 @@ def test_a_window_only_shrinks_and_refusal_is_final() -> None:
     assert retire(revoked, T0, 0) == revoked
 
 
+RETIRED_AT_T0 = key(KeyStatus.RETIRED, "2026-11-25T12:00:00.000Z")
+DAY = date(2026, 11, 25)  # T0's date
+
+
 @pytest.mark.parametrize(
-    ("stored", "made", "refusal"),
+    ("stored", "made", "period_start", "refusal"),
     [
-        (RETIRING, T0, None),  # a usable key signs anything
-        (RETIRING, T0 + 2 * HOUR, None),  # usable now (checked at T0), whatever the date
-        (key(KeyStatus.RETIRED, "2026-11-25T12:00:00.000Z"), T0 - HOUR, None),  # made before
-        (key(KeyStatus.RETIRED, "2026-11-25T12:00:00.000Z"), T0, KeyRetired),  # made at the end
-        (key(KeyStatus.REVOKED), T0 - 24 * HOUR, KeyRevoked),  # a revoked key signs nothing
+        (RETIRING, T0, DAY, None),  # a usable key signs anything
+        (RETIRING, T0 + 2 * HOUR, DAY, None),  # usable now (checked at T0), whatever the date
+        (RETIRED_AT_T0, T0 - HOUR, DAY, None),  # made before the key retired
+        (RETIRED_AT_T0, T0, DAY, KeyRetired),  # made at the end
+        # Backdated: a period that began after the key retired, dated before it.
+        (RETIRED_AT_T0, T0 - HOUR, date(2026, 11, 27), KeyRetired),
+        # Dated before its period began anywhere (25 Nov starts 24 Nov 10:00 UTC at UTC+14):
+        (RETIRED_AT_T0, T0 - 27 * HOUR, DAY, KeyRetired),  # 24 Nov 09:00 UTC: backdated
+        (RETIRED_AT_T0, T0 - 26 * HOUR, DAY, None),  # 24 Nov 10:00 UTC: 25 Nov at UTC+14
+        (key(KeyStatus.REVOKED), T0 - 24 * HOUR, DAY, KeyRevoked),  # a revoked key signs nothing
     ],
 )
 def test_which_reports_a_key_signs(
-    stored: NodeKey, made: datetime, refusal: type[Exception] | None
+    stored: NodeKey, made: datetime, period_start: date, refusal: type[Exception] | None
 ) -> None:
-    answer = signs_report(stored, made, T0)
+    answer = signs_report(stored, made, period_start, T0)
     assert (None if answer is None else type(answer)) is refusal
 
 

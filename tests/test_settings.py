@@ -116,3 +116,11 @@ def test_float_settings_from_file_and_environment(tmp_path: Path) -> None:
     for bad in ("lots", "nan", "inf"):
         with pytest.raises(ValidationFailed):
             load_settings(None, environ={"PHS_GATEWAY_DEIDENT_MAX_SUPPRESSED_SHARE": bad})
+
+
+def test_a_key_overlap_window_out_of_range_is_refused_at_start() -> None:
+    none = load_settings(None, environ={"PHS_GATEWAY_KEY_OVERLAP_SECONDS": "0"})
+    assert none.key_overlap_seconds == 0
+    for bad in ("-1", "31622401"):
+        with pytest.raises(ValidationFailed):
+            load_settings(None, environ={"PHS_GATEWAY_KEY_OVERLAP_SECONDS": bad})

@@ -125,10 +125,15 @@ class KeyRotation:
         if pending is None:
             return RotationOutcome(NOTHING, current.key_id)
         document = {"publicKey": pending.keypair.public_key}
+        # An edge node always sends an Idempotency-Key (CONTRACT.md §4): one per
+        # new key, so a resend after a lost answer is the gateway's replay.
+        headers = {"Idempotency-Key": f"key-{pending.key_id}"}
         try:
-            answer = await self._client.request("POST", KEYS_PATH, document)
+            answer = await self._client.request("POST", KEYS_PATH, document, headers)
             if _refused_key(answer):
-                answer = await self._client.request("POST", KEYS_PATH, document, signer=pending)
+                answer = await self._client.request(
+                    "POST", KEYS_PATH, document, headers, signer=pending
+                )
         except GatewayUnreachable as err:
             return RotationOutcome(WAITING, current.key_id, pending.key_id, str(err))
         body = answer.document if isinstance(answer.document, dict) else {}

@@ -59,9 +59,11 @@ async def rotate(
     public_key: bytes,
     at: datetime,
     overlap: int,
+    signer: NodeKey | None = None,
 ) -> KeyChange:
-    """``node`` rotates to ``public_key`` (gateway.node_keys.add_key), recorded."""
-    change = await add_key(conn, node.node_id, public_key, at, overlap)
+    """``node`` rotates to ``public_key`` (gateway.node_keys.add_key), recorded;
+    ``signer``: the key that signed the node's own request (None: an admin)."""
+    change = await add_key(conn, node.node_id, public_key, at, overlap, signer)
     await audit.append(conn, change_entries(principal, node, ROTATE, change, at), at)
     return change
 

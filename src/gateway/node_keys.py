@@ -16,9 +16,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.schema import node_keys, nodes
-from shared.errors import AlreadyExists, NotFound
+from shared.errors import AlreadyExists, Forbidden, NotFound
 from shared.node_keys import KeyStatus, NodeKey, key_id_for, retire, revoke
 from shared.values import format_timestamp
+
+USABLE = frozenset({KeyStatus.ACTIVE, KeyStatus.RETIRING})  # keys a node may sign with
 
 
 @dataclass(frozen=True)
@@ -92,21 +94,34 @@ async def lock_node(conn: AsyncConnection, node_id: str) -> None:
 
 
 async def add_key(
-    conn: AsyncConnection, node_id: str, public_key: bytes, now: datetime, overlap: int
+    conn: AsyncConnection,
+    node_id: str,
+    public_key: bytes,
+    now: datetime,
+    overlap: int,
+    signer: NodeKey | None = None,
 ) -> KeyChange:
     """Rotate ``node_id`` to ``public_key``: a new active key, and the node's
     active keys retiring ``overlap`` seconds from now (keys already retiring
-    keep their window). Registering the node's active key again is a resend:
-    nothing changes. A key the gateway has seen in any other state, or for
-    another node, is refused (a retired or revoked key never comes back)."""
+    keep their window). Registering a key the node may still use again is a
+    resend: nothing changes (the answer to the first was lost; a key an admin
+    has retired since is still the node's, until its window ends). A key the
+    gateway has seen in any other state, or for another node, is refused (a
+    retired or revoked key never comes back).
+
+    ``signer``: the key that signed the node's own request (None: an admin).
+    A new key needs the node's active key, or a retiring one when the node has
+    no active key left (an admin retired it, and the node rotates as asked):
+    a key the node has rotated away from, perhaps because it leaked, cannot
+    register keys of its own choosing while its window lasts."""
     await lock_node(conn, node_id)
     key_id = key_id_for(node_id, public_key)
     existing = await get_key(conn, key_id)
     if existing is not None:
-        if existing.node_id == node_id and existing.status_at(now) is KeyStatus.ACTIVE:
+        if existing.node_id == node_id and existing.status_at(now) in USABLE:
             return KeyChange(existing, changed=False)
         raise AlreadyExists(
-            f"key {key_id} is already registered ({existing.status_at(now)}); make a new key"
+            f"this key is already registered ({existing.status_at(now)}); make a new key"
         )
     taken = (
         await conn.execute(
@@ -114,9 +129,16 @@ async def add_key(
         )
     ).first()
     if taken is not None:
-        raise AlreadyExists(f"this public key is already registered as key {taken[0]}")
+        raise AlreadyExists("this public key is already registered; make a new key")
+    held = await keys_of(conn, node_id)
+    if signer is not None and signer.status_at(now) is not KeyStatus.ACTIVE:
+        if any(key.status_at(now) is KeyStatus.ACTIVE for key in held):
+            raise Forbidden(
+                f"key {signer.key_id} is retiring and the node has a newer active key: "
+                "only that key may register another"
+            )
     retired: list[NodeKey] = []
-    for key in await keys_of(conn, node_id):
+    for key in held:
         if key.status_at(now) is KeyStatus.ACTIVE:
             retired.append(retire(key, now, overlap))
             await _store(conn, retired[-1])

@@ -56,13 +56,14 @@ KEY_PATHS: dict[str, dict[str, Any]] = {
     f"{A}/sync/keys": {
         "post": operation(
             "rotateOwnKey",
-            "A node registers its new signing key, signed with its current one; 201 new, "
-            "200 already its active key (a resend)",
+            "A node registers its new signing key, signed with its active key (403 forbidden "
+            "from a retiring key while a newer one is active); 201 new, 200 already one of "
+            "its usable keys (a resend)",
             tag="sync",
             security="node",
             body=closed({"publicKey": BYTES}, ["publicKey"]),
             ok={201: KEY_CHANGE, 200: KEY_CHANGE},
-            problems=merge(SIGNED, CONFLICT),
+            problems=merge(SIGNED, CONFLICT, {403: ["forbidden"]}),
         )
     },
     f"{A}/admin/nodes/{{nodeId}}/keys": {

@@ -76,7 +76,8 @@ async def check_report(
         raise OutOfScope(f"tenant {report.tenant_id} is outside the device's enrollment")
     if report.facility_id not in node.facility_ids:
         raise OutOfScope(f"facility {report.facility_id} is outside the device's enrollment")
-    return CheckedReport(report, node, key, signs_report(key, report.generated_at, now))
+    refusal = signs_report(key, report.generated_at, report.period.start, now)
+    return CheckedReport(report, node, key, refusal)
 
 
 async def verified_report(

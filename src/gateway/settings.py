@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.config import describe, resolve_settings, setting
 from shared.errors import ValidationFailed
+from shared.node_keys import overlap_seconds
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance as SettingsClass
@@ -192,7 +193,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    return resolve_settings(
+    settings = resolve_settings(
         Settings,
         prefix=ENV_PREFIX,
         file_table=read_toml_table(config_file, "gateway") if config_file else None,
@@ -200,3 +201,7 @@ def load_settings(
         environ=os.environ if environ is None else environ,
         overrides=overrides,
     )
+    # Checked at start, not per request: a bad window would make every
+    # rotation a 422 that blames the caller.
+    overlap_seconds(settings.key_overlap_seconds, "key_overlap_seconds")
+    return settings

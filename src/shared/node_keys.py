@@ -21,7 +21,7 @@ Status changes only ever go towards refusal: active → retiring → retired, an
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -134,14 +134,25 @@ def revoke(key: NodeKey, now: datetime) -> NodeKey:
     return replace(key, status=KeyStatus.REVOKED, revoked_at=format_timestamp(now))
 
 
-def signs_report(key: NodeKey, generated_at: datetime, now: datetime) -> PhsError | None:
+def earliest_start(day: date) -> datetime:
+    """The first instant ``day`` is a local date anywhere (UTC+14)."""
+    return datetime.combine(day, time.min, tzinfo=UTC) - timedelta(hours=14)
+
+
+def signs_report(
+    key: NodeKey, generated_at: datetime, period_start: date, now: datetime
+) -> PhsError | None:
     """Whether a facility report signed with ``key`` is accepted at ``now``
     (None: it is). A report is signed when it is made, often long before it
     reaches the gateway (offline-first): one a retired key signed before its
     window ended is still the node's; one dated later is refused, so a retired
-    key cannot sign new reports. A revoked key signs nothing."""
+    key cannot sign new reports. ``generatedAt`` is the signer's own word, so
+    it must also fall after its period began (``period_start`` anywhere on
+    earth): a holder of a leaked retired key cannot backdate a report of a
+    period that began after the key retired. A revoked key signs nothing."""
     refusal = key.refusal(now)
     if isinstance(refusal, KeyRetired) and key.retires_at is not None:
-        if generated_at < parse_timestamp(key.retires_at, "retiresAt"):
+        retired_at = parse_timestamp(key.retires_at, "retiresAt")
+        if earliest_start(period_start) <= generated_at < retired_at:
             return None
     return refusal

@@ -1,12 +1,14 @@
 """``POST …/sync/keys``: a node rotates its own signing key (docs/key-rotation.md).
 
-Signed with a key the node may still use (active, or retiring within its
-window), the request registers the new public key the node generated; the
+Signed with the node's active key (or a retiring one when the node has no
+active key left: an admin retired it), the request registers the new public
+key the node generated (403 ``forbidden`` from a retiring key while a newer
+key is active: a key the node rotated away from may have leaked); the
 node switches to it once it has this answer. The new key becomes active and
 the node's active keys start their overlap window (``key_overlap_seconds``).
 
 201 with the node's keys when the key is new; 200 and nothing changed when it
-is already the node's active key: a resend after a lost answer, signed with
+is already a key the node may use: a resend after a lost answer, signed with
 the old key or the new one, is answered the same way. A key the gateway has
 seen in any other state, or for another node, is 409 ``already_exists``.
 """
@@ -17,7 +19,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import key_rotation
-from gateway.auth import authenticate_node
+from gateway.auth import NODE_CONTACT, authenticate_node
 from gateway.http import SETTINGS, decode_document, now, read_body
 from gateway.idempotency import Reply, run_write
 from gateway.node_keys import keys_of
@@ -39,7 +41,10 @@ async def rotate(request: web.Request) -> web.Response:
     async def write(conn: AsyncConnection) -> Reply:
         moment = now(request)
         principal = f"node:{node.node_id}"
-        change = await key_rotation.rotate(conn, principal, node, public_key, moment, overlap)
+        signer = request[NODE_CONTACT].key
+        change = await key_rotation.rotate(
+            conn, principal, node, public_key, moment, overlap, signer
+        )
         keys = [key.to_wire(moment) for key in await keys_of(conn, node.node_id)]
         document = {"nodeId": node.node_id, "keyId": change.key.key_id, "keys": keys}
         return Reply(201 if change.changed else 200, document)
