@@ -41,6 +41,7 @@ from key_rotation_support import (
     key_rows,
 )
 from shared.periods import period_from_key, zone
+from shared.signing import KeyPair
 
 LOOPBACK = "127.0.0.1"
 
@@ -278,3 +279,14 @@ async def test_a_refused_rotation_is_asked_again_after_a_growing_pause(tmp_path:
         explicit = await rotation.finish()  # edgenode rotate-key: no pause
         assert explicit.state == REFUSED and await attempts_seen() == 9
         assert client.key_id == node_id and edge.keys.pending() is not None
+
+
+def test_a_pending_key_appears_whole_and_once(tmp_path: Path) -> None:
+    """The pending key is linked into place only once written and synced, so a
+    reader never meets half of it; two makers end with one key between them."""
+    identity = KeyPair.generate()
+    first, second = NodeKeys(tmp_path, "edge-01", identity), NodeKeys(tmp_path, "edge-01", identity)
+    made = first.make_pending()
+    assert second.make_pending() == made == first.pending()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [PENDING_KEY]
+    assert (tmp_path / PENDING_KEY).stat().st_mode & 0o777 == 0o600

@@ -101,9 +101,21 @@ class NodeKeys:
         found = self.pending()
         if found is not None:
             return found
+        # Written whole and synced under a name of its own, then linked into
+        # place: a reader (edgenode status, a running node) never meets a
+        # half-written pending key, which pending() would take for a torn one
+        # and delete, perhaps after this process had sent it.
         path = self.directory / PENDING_KEY
-        create_key(path)
-        _sync_directory(self.directory)
+        draft = self.directory / f"{PENDING_KEY}.{os.getpid()}.tmp"
+        draft.unlink(missing_ok=True)
+        create_key(draft)
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process made one first: that rotation is the one under way
+        finally:
+            draft.unlink()
+            _sync_directory(self.directory)
         return self._signing_key(path)
 
     def promote(self) -> SigningKey:
