@@ -24,16 +24,14 @@ pytest loads it as a plugin, too late to rewrite its asserts (it has none).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import dataclasses
 import logging
 import os
 import secrets
 import time
-from collections.abc import Coroutine, Generator, Iterable
+from collections.abc import Generator, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -61,7 +59,6 @@ SESSION = "the session (outside any test)"
 LEVEL = logging.INFO
 
 _seeded: set[str] = set()  # distinct canary values made, for the summary
-T = TypeVar("T")
 
 
 def patient_ref(key: object) -> str:
@@ -267,13 +264,6 @@ def _production_levels() -> None:
         logging.getLogger(name).setLevel(floor)
 
 
-def _run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` on a loop of its own in a thread of its own (a hook may
-    run while a test's loop is running)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 _plugin: CanaryPlugin | None = None
 
 
@@ -317,11 +307,6 @@ async def scan_postgres_database(url: str) -> None:
             _plugin.found(finding)
 
 
-def scan_postgres_apart(url: str) -> None:
-    """:func:`scan_postgres_database` from sync code (a fixture's teardown)."""
-    _run_apart(scan_postgres_database(url))
-
-
 def scan_messages(messages: Iterable[bytes | None], source: str) -> None:
     """Message bodies a broker holds (the relay's NATS stream)."""
     if _plugin is None:
@@ -339,7 +324,6 @@ __all__ = [
     "patient_ref",
     "scan_messages",
     "scan_output",
-    "scan_postgres_apart",
     "scan_postgres_database",
     "scan_tree",
 ]

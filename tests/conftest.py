@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from canaries import scan_postgres_apart
+from canaries import scan_postgres_database
 from gateway.app import create_app
 from gateway.settings import Settings
 from harness import FakeClock, Gateway
@@ -65,7 +65,7 @@ def postgres_url(store: str, request: pytest.FixtureRequest) -> Iterator[str]:
         return
     url: str = request.getfixturevalue("postgres_session_database")
     yield url
-    scan_postgres_apart(url)
+    run_apart(scan_postgres_database(url))
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestServer
 from edge_harness import EdgeSystem, closed_url, edge_system
 from edgenode import cli as edge_cli
 from edgenode.gateway_client import GatewayClient
-from edgenode.keys import GATEWAY_KEY, PENDING_KEY, NodeKeys, load_key
+from edgenode.keys import GATEWAY_KEY, PENDING_KEY, NodeKeys, SigningKey, load_key
 from edgenode.reports import generate_report
 from edgenode.rotation import REFUSED, ROTATED, WAITING, KeyRotation
 from edgenode.sync import Forwarder
@@ -281,12 +281,27 @@ async def test_a_refused_rotation_is_asked_again_after_a_growing_pause(tmp_path:
         assert client.key_id == node_id and edge.keys.pending() is not None
 
 
-def test_a_pending_key_appears_whole_and_once(tmp_path: Path) -> None:
+def test_a_pending_key_appears_whole_and_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The pending key is linked into place only once written and synced, so a
-    reader never meets half of it; two makers end with one key between them."""
+    reader never meets half of it; two makers racing end with one key between
+    them (the second's link finds the first's file); a torn file left by an
+    older release is taken for none and made again."""
     identity = KeyPair.generate()
     first, second = NodeKeys(tmp_path, "edge-01", identity), NodeKeys(tmp_path, "edge-01", identity)
     made = first.make_pending()
-    assert second.make_pending() == made == first.pending()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [PENDING_KEY]
     assert (tmp_path / PENDING_KEY).stat().st_mode & 0o777 == 0o600
+    # The race: the second maker looked before the first's key was in place.
+    real_pending, looked = second.pending, []
+
+    def pending_not_there_yet() -> SigningKey | None:
+        looked.append(True)
+        return None if len(looked) == 1 else real_pending()
+
+    monkeypatch.setattr(second, "pending", pending_not_there_yet)
+    assert second.make_pending() == made == first.pending()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [PENDING_KEY]  # no draft left
+    (tmp_path / PENDING_KEY).write_text("c2VlZA")  # torn: a seed cut short
+    assert first.pending() is None and not (tmp_path / PENDING_KEY).exists()
+    assert first.make_pending() != made

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from edge_harness import edge_system
+from edge_harness import edge_system, encode
 from harness import PREFIX, Gateway, assert_problem, bearer, signed_report, transition
 from shared.signing import KeyPair
 
@@ -158,12 +158,6 @@ def spoil(doc: Any, bad: str) -> list[Any]:
     return spoilt
 
 
-def encoded(doc: Any, fmt: str) -> bytes:
-    if fmt == "json":
-        return json.dumps(doc).encode()
-    return bytes(msgpack.packb(doc, use_bin_type=True))
-
-
 @pytest.mark.parametrize("fmt", ["json", "msgpack"])
 async def test_a_nul_in_any_body_string_is_refused(gateway: Gateway, fmt: str) -> None:
     admin, service = await gateway.token("admin"), await gateway.token("service")
@@ -177,7 +171,7 @@ async def test_a_nul_in_any_body_string_is_refused(gateway: Gateway, fmt: str) -
             resp = await gateway.client.request(
                 method,
                 f"{PREFIX}/{path}",
-                data=encoded(bad, fmt),
+                data=encode(bad, fmt),
                 headers=bearer(token, **{"Content-Type": media, "Accept": "application/json"}),
             )
             problem = await assert_problem(resp, 400, "malformed_body")

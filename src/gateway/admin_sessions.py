@@ -10,7 +10,6 @@ logout, or as soon as its token no longer exists.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import datetime, timedelta
 
@@ -24,12 +23,6 @@ from shared.values import format_timestamp
 SESSION_LIFETIME = timedelta(hours=8)  # a working day; then log in again
 
 
-def _session_hash(session_id: str) -> str:
-    # surrogateescape: aiohttp decodes a header's non-UTF-8 bytes to lone
-    # surrogates; a cookie of such bytes hashes to no session (was a 500).
-    return hashlib.sha256(session_id.encode("utf-8", "surrogateescape")).hexdigest()
-
-
 async def open_session(
     conn: AsyncConnection, token: str, principal: TokenPrincipal, now: datetime
 ) -> str:
@@ -41,7 +34,7 @@ async def open_session(
     session_id = secrets.token_urlsafe(32)
     await conn.execute(
         admin_sessions.insert().values(
-            session_hash=_session_hash(session_id),
+            session_hash=token_hash(session_id),
             token_hash=token_hash(token),
             tenant_id=principal.tenant_id,
             created_at=format_timestamp(now),
@@ -60,7 +53,7 @@ async def find_session(
             sa.select(tokens.c.token_id, tokens.c.tenant_id, tokens.c.role)
             .join(admin_sessions, admin_sessions.c.token_hash == tokens.c.token_hash)
             .where(
-                admin_sessions.c.session_hash == _session_hash(session_id),
+                admin_sessions.c.session_hash == token_hash(session_id),
                 admin_sessions.c.expires_at > format_timestamp(now),
             )
         )
@@ -72,5 +65,5 @@ async def find_session(
 
 async def close_session(conn: AsyncConnection, session_id: str) -> None:
     await conn.execute(
-        admin_sessions.delete().where(admin_sessions.c.session_hash == _session_hash(session_id))
+        admin_sessions.delete().where(admin_sessions.c.session_hash == token_hash(session_id))
     )

@@ -23,8 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.db.schema import nodes
 from gateway.http import SETTINGS, database, now, path_with_query
-from gateway.node_keys import get_key
-from gateway.registry import Node, Role, TokenPrincipal, find_token, get_node
+from gateway.registry import Node, Role, TokenPrincipal, find_token, get_key_and_node
 from shared.errors import KeyRevoked, MissingCredentials, PhsError, RoleForbidden, UnknownKey
 from shared.node_keys import KEY_RETIRES_HEADER, KeyStatus, NodeKey
 from shared.signing import parse_authorization, verify_request
@@ -63,10 +62,10 @@ async def authenticate_node(request: web.Request, body: bytes) -> Node:
     audit log when the signature shows the key's holder sent it."""
     auth = parse_authorization(request.headers.get("Authorization"))
     async with database(request).read() as conn:
-        key = await get_key(conn, auth.key_id)
-        node = None if key is None else await get_node(conn, key.node_id)
-    if key is None or node is None:
+        found = await get_key_and_node(conn, auth.key_id)
+    if found is None:
         raise UnknownKey(f"no enrolled key {auth.key_id}")
+    key, node = found
     moment = now(request)
     skew = request.app[SETTINGS].clock_skew_seconds
     refusal: PhsError | None = (

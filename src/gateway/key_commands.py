@@ -84,9 +84,12 @@ async def _print_keys(conn: AsyncConnection, node_id: str) -> None:
 
 
 async def run(args: argparse.Namespace, database: Database, settings: Settings) -> None:
-    default = settings.key_overlap_seconds
     chosen = getattr(args, "overlap_seconds", None)
-    overlap = overlap_seconds(default if chosen is None else chosen, "--overlap-seconds")
+    overlap = (
+        settings.key_overlap_seconds  # checked when the settings loaded
+        if chosen is None
+        else overlap_seconds(chosen, "--overlap-seconds")
+    )
     who, moment = operator(), system_clock()
 
     async def list_keys(conn: AsyncConnection) -> str:

@@ -339,9 +339,8 @@ async def recompute_cohort(
     read under the tenant's exclusive membership lock."""
     if entries is None:
         await hold_tenant(conn, tenant_id, exclusive=True)
-    today = evaluation_date(moment)
-    if entries is None:
         entries = await live_entries(conn, tenant_id)
+    today = evaluation_date(moment)
     wanted = {
         (cohort_id, e.id): (version, e.facility_id)
         for e in entries

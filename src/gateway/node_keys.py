@@ -9,8 +9,10 @@ rows of each change are written by ``gateway.key_rotation``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -19,8 +21,6 @@ from gateway.db.schema import node_keys, nodes
 from shared.errors import AlreadyExists, Forbidden, NotFound
 from shared.node_keys import KeyStatus, NodeKey, key_id_for, retire, revoke
 from shared.values import format_timestamp
-
-USABLE = frozenset({KeyStatus.ACTIVE, KeyStatus.RETIRING})  # keys a node may sign with
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class KeyChange:
     retired: list[NodeKey] = field(default_factory=list)
 
 
-def _from_row(row: sa.RowMapping) -> NodeKey:
+def key_from_row(row: Mapping[str, Any]) -> NodeKey:
     return NodeKey(
         key_id=row["key_id"],
         node_id=row["node_id"],
@@ -48,7 +48,7 @@ def _from_row(row: sa.RowMapping) -> NodeKey:
 
 async def get_key(conn: AsyncConnection, key_id: str) -> NodeKey | None:
     row = (await conn.execute(sa.select(node_keys).where(node_keys.c.key_id == key_id))).first()
-    return None if row is None else _from_row(row._mapping)
+    return None if row is None else key_from_row(dict(row._mapping))
 
 
 async def keys_of(conn: AsyncConnection, node_id: str) -> list[NodeKey]:
@@ -58,7 +58,7 @@ async def keys_of(conn: AsyncConnection, node_id: str) -> list[NodeKey]:
         .where(node_keys.c.node_id == node_id)
         .order_by(node_keys.c.created_at, node_keys.c.key_id)
     )
-    return [_from_row(row._mapping) for row in rows]
+    return [key_from_row(dict(row._mapping)) for row in rows]
 
 
 async def insert_key(conn: AsyncConnection, key: NodeKey) -> None:
@@ -118,7 +118,7 @@ async def add_key(
     key_id = key_id_for(node_id, public_key)
     existing = await get_key(conn, key_id)
     if existing is not None:
-        if existing.node_id == node_id and existing.status_at(now) in USABLE:
+        if existing.node_id == node_id and existing.usable_at(now):
             return KeyChange(existing, changed=False)
         raise AlreadyExists(
             f"this key is already registered ({existing.status_at(now)}); make a new key"

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.db.schema import nodes, tokens
-from gateway.node_keys import insert_key
+from gateway.db.schema import node_keys, nodes, tokens
+from gateway.node_keys import insert_key, key_from_row
 from shared.errors import AlreadyExists, NotFound, ValidationFailed
 from shared.node_keys import KeyStatus, NodeKey
 from shared.signing import fingerprint
@@ -96,6 +96,23 @@ def _node_from_row(row: Mapping[str, Any]) -> Node:
 async def get_node(conn: AsyncConnection, node_id: str) -> Node | None:
     row = (await conn.execute(sa.select(nodes).where(nodes.c.node_id == node_id))).first()
     return None if row is None else _node_from_row(dict(row._mapping))
+
+
+async def get_key_and_node(conn: AsyncConnection, key_id: str) -> tuple[NodeKey, Node] | None:
+    """The key ``key_id`` names and its node, in one query (every signed request)."""
+    key_columns = [column.label(f"key_{column.name}") for column in node_keys.c]
+    row = (
+        await conn.execute(
+            sa.select(nodes, *key_columns)
+            .join(node_keys, node_keys.c.node_id == nodes.c.node_id)
+            .where(node_keys.c.key_id == key_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    found = dict(row._mapping)
+    key = key_from_row({column.name: found[f"key_{column.name}"] for column in node_keys.c})
+    return key, _node_from_row(found)
 
 
 async def tenant_nodes(conn: AsyncConnection, tenant_id: str) -> list[Node]:

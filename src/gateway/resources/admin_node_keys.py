@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import key_rotation
 from gateway.auth import authenticate_token
-from gateway.http import SETTINGS, database, decode_document, now, read_body, respond
+from gateway.http import database, decode_document, now, read_body, respond, settings
 from gateway.idempotency import Reply, run_write
 from gateway.node_keys import KeyChange, get_key, keys_of
 from gateway.registry import Node, Role, TokenPrincipal, get_node
@@ -53,7 +53,7 @@ async def _answer(conn: AsyncConnection, request: web.Request, node: Node, key_i
 def _overlap(request: web.Request, doc: Mapping[str, Any]) -> int:
     if "overlapSeconds" in doc:
         return overlap_seconds(doc["overlapSeconds"])
-    return overlap_seconds(request.app[SETTINGS].key_overlap_seconds, "key_overlap_seconds")
+    return settings(request).key_overlap_seconds  # checked when the settings loaded
 
 
 async def list_keys(request: web.Request) -> web.Response:

@@ -20,10 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import key_rotation
 from gateway.auth import NODE_CONTACT, authenticate_node
-from gateway.http import SETTINGS, decode_document, now, read_body
+from gateway.http import decode_document, now, read_body, settings
 from gateway.idempotency import Reply, run_write
 from gateway.node_keys import keys_of
-from shared.node_keys import overlap_seconds
 from shared.signing import public_key_from
 from shared.values import only_fields, required
 
@@ -36,7 +35,7 @@ async def rotate(request: web.Request) -> web.Response:
     doc = decode_document(request, body)
     only_fields(doc, FIELDS, "key")
     public_key = public_key_from(required(doc, "publicKey"))
-    overlap = overlap_seconds(request.app[SETTINGS].key_overlap_seconds, "key_overlap_seconds")
+    overlap = settings(request).key_overlap_seconds  # checked when the settings loaded
 
     async def write(conn: AsyncConnection) -> Reply:
         moment = now(request)
