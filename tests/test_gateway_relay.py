@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import nats.errors
 import nats.js.errors
 import pytest
@@ -43,7 +42,7 @@ from nats.js.client import JetStreamContext
 from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from canaries import scan_messages, scan_postgres_database
+from canaries import scan_messages
 from gateway.cli import main as cli_main
 from gateway.db.database import Database
 from gateway.db.schema import events
@@ -60,9 +59,9 @@ from gateway.relay import (
 )
 from gateway.settings import Settings
 from shared.errors import ValidationFailed
+from stores import postgres_database
 
 NATS_URL = os.environ.get("PHS_TEST_NATS_URL", "")
-POSTGRES_URL = os.environ.get("PHS_TEST_POSTGRES_URL", "")
 FACILITY_SYNCED = "population_health.facility_report.synced.v1"
 PHI_MARKER = "PHI-DO-NOT-LOG"  # in every test event's data; must never reach a log
 TENANTS = ("t1", "district.north", "t:3")  # a "." and a ":" in tenant ids
@@ -553,30 +552,6 @@ async def test_relay_backs_off_while_nats_is_down_and_catches_up(
 
 
 # ----------------------------------------------------------------- PostgreSQL only
-
-
-@contextlib.asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for one test (dropped after), or a skip."""
-    if not POSTGRES_URL:
-        pytest.skip("PHS_TEST_POSTGRES_URL is not set: this test needs PostgreSQL")
-    server = make_url(POSTGRES_URL)
-    dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        admin = await asyncpg.connect(dsn, timeout=5)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as err:
-        pytest.skip(f"PostgreSQL at PHS_TEST_POSTGRES_URL is unreachable: {err!r}")
-    name = f"phs_t_relay_{uuid.uuid4().hex[:12]}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            url = server.set(database=name).render_as_string(hide_password=False)
-            yield url
-            await scan_postgres_database(url)  # its events, for canaries (tests/canaries.py)
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_an_event_committed_after_a_higher_seq_is_still_published(
