@@ -24,7 +24,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.db.schema import nodes
 from gateway.http import SETTINGS, database, now, path_with_query
 from gateway.registry import Node, Role, TokenPrincipal, find_token, get_key_and_node
-from shared.errors import KeyRevoked, MissingCredentials, PhsError, RoleForbidden, UnknownKey
+from shared.errors import (
+    BadSignature,
+    ClockSkew,
+    KeyRevoked,
+    MissingCredentials,
+    PhsError,
+    RoleForbidden,
+    UnknownKey,
+)
 from shared.node_keys import KEY_RETIRES_HEADER, KeyStatus, NodeKey
 from shared.signing import parse_authorization, verify_request
 from shared.values import format_timestamp, parse_timestamp
@@ -71,14 +79,24 @@ async def authenticate_node(request: web.Request, body: bytes) -> Node:
     refusal: PhsError | None = (
         KeyRevoked(f"node {node.node_id} is revoked") if not node.active else key.refusal(moment)
     )
-    if refusal is not None:
-        # gateway.audit imports this module (authenticate_token): imported here.
-        from gateway.key_rotation import record_refused_use
-
-        await record_refused_use(request, auth, key, node, body, moment, skew)
-        raise refusal
     path = path_with_query(request)
-    verify_request(auth, key.public_key, request.method, path, body, moment.timestamp(), skew)
+    try:
+        verify_request(auth, key.public_key, request.method, path, body, moment.timestamp(), skew)
+    except (BadSignature, ClockSkew):
+        if refusal is None:
+            raise
+        # A forged header naming a refused key proves nothing: refused as the
+        # key is, and not recorded (strangers cannot fill the audit log).
+        raise refusal from None
+    if refusal is not None:
+        # Its holder really used a retired or revoked key (a stolen key, or a
+        # node that missed its rotation): recorded (docs/audit.md).
+        # gateway.audit imports this module (authenticate_token): imported here.
+        from gateway import audit
+        from gateway.key_rotation import refused_use
+
+        await audit.record(request, refused_use(node, key, moment))
+        raise refusal
     request[NODE_CONTACT] = NodeContact(node, moment, round(auth.ts - moment.timestamp(), 1), key)
     return node
 

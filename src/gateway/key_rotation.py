@@ -16,17 +16,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import audit
-from gateway.http import path_with_query
 from gateway.node_keys import KeyChange, add_key, keys_of, retire_key, revoke_key
 from gateway.registry import Node, get_node
 from shared.audit import AuditEntry, Outcome
-from shared.errors import BadSignature, ClockSkew, NotFound
+from shared.errors import NotFound
 from shared.node_keys import KeyStatus, NodeKey
-from shared.signing import SignedAuth, verify_request
 
 ROTATE = "node_key.rotate"  # a new key (record: it)
 RETIRE = "node_key.retire"  # a key's overlap window set (record: that key)
@@ -112,30 +109,6 @@ async def revoke(
     node = await _node_of(conn, change.key)
     await audit.append(conn, change_entries(principal, node, REVOKE, change, at), at)
     return node, change
-
-
-async def record_refused_use(
-    request: web.Request,
-    auth: SignedAuth,
-    key: NodeKey,
-    node: Node,
-    body: bytes,
-    at: datetime,
-    max_skew_seconds: int,
-) -> None:
-    """A request signed with a retired or revoked key (or any key of a revoked
-    node) is refused; it is recorded, ``node_key.use`` ``refused``, when its
-    signature verifies under that key within the allowed skew: then the key's
-    holder really used it (a stolen key, or a node that missed its rotation).
-    A forged header naming the key proves nothing and is not recorded, as
-    any request refused before authentication (docs/audit.md), so strangers
-    cannot fill the log."""
-    method, path = request.method, path_with_query(request)
-    try:
-        verify_request(auth, key.public_key, method, path, body, at.timestamp(), max_skew_seconds)
-    except (BadSignature, ClockSkew):  # not shown to be the key's holder: nothing to record
-        return
-    await audit.record(request, refused_use(node, key, at))
 
 
 def refused_use(node: Node, key: NodeKey, at: datetime) -> AuditEntry:
