@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import key_rotation
 from gateway.db.database import Database
 from gateway.http import system_clock
-from gateway.node_keys import keys_of
+from gateway.node_keys import keys_document
 from gateway.registry import Node, get_node
 from gateway.settings import Settings
 from shared.encoding import JSON, encode
@@ -78,9 +78,8 @@ async def _node(conn: AsyncConnection, node_id: str) -> Node:
 
 
 async def _print_keys(conn: AsyncConnection, node_id: str) -> None:
-    moment = system_clock()
-    keys = [key.to_wire(moment) for key in await keys_of(conn, node_id)]
-    print(json.dumps(json.loads(encode({"nodeId": node_id, "keys": keys}, JSON)), indent=2))
+    document = await keys_document(conn, node_id, system_clock())
+    print(json.dumps(json.loads(encode(document, JSON)), indent=2))
 
 
 async def run(args: argparse.Namespace, database: Database, settings: Settings) -> None:

@@ -51,6 +51,18 @@ async def get_key(conn: AsyncConnection, key_id: str) -> NodeKey | None:
     return None if row is None else key_from_row(dict(row._mapping))
 
 
+async def keys_document(
+    conn: AsyncConnection, node_id: str, moment: datetime, key_id: str | None = None
+) -> dict[str, Any]:
+    """The answer about a node's keys: each with its status at ``moment``, and
+    ``keyId``, the key the operation was about, when there is one."""
+    keys = [key.to_wire(moment) for key in await keys_of(conn, node_id)]
+    document: dict[str, Any] = {"nodeId": node_id}
+    if key_id is not None:
+        document["keyId"] = key_id
+    return {**document, "keys": keys}
+
+
 async def keys_of(conn: AsyncConnection, node_id: str) -> list[NodeKey]:
     """Every key of a node, oldest first."""
     rows = await conn.execute(

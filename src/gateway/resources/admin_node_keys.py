@@ -26,7 +26,7 @@ from gateway import key_rotation
 from gateway.auth import authenticate_token
 from gateway.http import database, decode_document, now, read_body, respond, settings
 from gateway.idempotency import Reply, run_write
-from gateway.node_keys import KeyChange, get_key, keys_of
+from gateway.node_keys import KeyChange, get_key, keys_document
 from gateway.registry import Node, Role, TokenPrincipal, get_node
 from shared.errors import NotFound
 from shared.node_keys import overlap_seconds
@@ -45,9 +45,7 @@ async def _node(conn: AsyncConnection, admin: TokenPrincipal, node_id: str) -> N
 
 
 async def _answer(conn: AsyncConnection, request: web.Request, node: Node, key_id: str) -> Any:
-    moment = now(request)
-    keys = [key.to_wire(moment) for key in await keys_of(conn, node.node_id)]
-    return {"nodeId": node.node_id, "keyId": key_id, "keys": keys}
+    return await keys_document(conn, node.node_id, now(request), key_id)
 
 
 def _overlap(request: web.Request, doc: Mapping[str, Any]) -> int:
@@ -60,9 +58,8 @@ async def list_keys(request: web.Request) -> web.Response:
     admin = await authenticate_token(request, Role.ADMIN)
     async with database(request).read() as conn:
         node = await _node(conn, admin, request.match_info["nodeId"])
-        moment = now(request)
-        keys = [key.to_wire(moment) for key in await keys_of(conn, node.node_id)]
-    return respond(request, 200, {"nodeId": node.node_id, "keys": keys})
+        document = await keys_document(conn, node.node_id, now(request))
+    return respond(request, 200, document)
 
 
 async def add(request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from gateway import key_rotation
 from gateway.auth import NODE_CONTACT, authenticate_node
 from gateway.http import decode_document, now, read_body, settings
 from gateway.idempotency import Reply, run_write
-from gateway.node_keys import keys_of
+from gateway.node_keys import keys_document
 from shared.signing import public_key_from
 from shared.values import only_fields, required
 
@@ -44,8 +44,7 @@ async def rotate(request: web.Request) -> web.Response:
         change = await key_rotation.rotate(
             conn, principal, node, public_key, moment, overlap, signer
         )
-        keys = [key.to_wire(moment) for key in await keys_of(conn, node.node_id)]
-        document = {"nodeId": node.node_id, "keyId": change.key.key_id, "keys": keys}
+        document = await keys_document(conn, node.node_id, moment, change.key.key_id)
         return Reply(201 if change.changed else 200, document)
 
     return await run_write(request, f"node:{node.node_id}", body, write)
