@@ -92,20 +92,19 @@ async def retire(
     key_id: str,
     at: datetime,
     overlap: int,
-    tenant_id: str | None = None,
 ) -> tuple[Node, KeyChange]:
     """``key_id`` accepted ``overlap`` more seconds (0: retired now), recorded."""
-    change = await retire_key(conn, key_id, at, overlap, tenant_id)
+    change = await retire_key(conn, key_id, at, overlap)
     node = await _node_of(conn, change.key)
     await audit.append(conn, change_entries(principal, node, RETIRE, change, at), at)
     return node, change
 
 
 async def revoke(
-    conn: AsyncConnection, principal: str, key_id: str, at: datetime, tenant_id: str | None = None
+    conn: AsyncConnection, principal: str, key_id: str, at: datetime
 ) -> tuple[Node, KeyChange]:
     """``key_id`` refused from now on, recorded; the node keeps its other keys."""
-    change = await revoke_key(conn, key_id, at, tenant_id)
+    change = await revoke_key(conn, key_id, at)
     node = await _node_of(conn, change.key)
     await audit.append(conn, change_entries(principal, node, REVOKE, change, at), at)
     return node, change

@@ -159,40 +159,31 @@ async def add_key(
     return KeyChange(new, changed=True, retired=retired)
 
 
-async def _locked_key(conn: AsyncConnection, key_id: str, tenant_id: str | None) -> NodeKey:
+async def _locked_key(conn: AsyncConnection, key_id: str) -> NodeKey:
     """``key_id`` read again once its node is locked (a rotation may have just
-    moved it); NotFound when it is not one of ``tenant_id``'s."""
+    moved it); NotFound when there is none. (Callers check the key is in the
+    caller's scope: the admin routes, resources.admin_node_keys.)"""
     key = await get_key(conn, key_id)
     if key is not None:
         await lock_node(conn, key.node_id)
         key = await get_key(conn, key_id)
-    if key is not None and tenant_id is not None:
-        owner = (
-            await conn.execute(sa.select(nodes.c.tenant_id).where(nodes.c.node_id == key.node_id))
-        ).scalar_one()
-        if owner != tenant_id:
-            key = None  # another tenant's key is not found (existence is not leaked)
     if key is None:
         raise NotFound(f"no key {key_id}")
     return key
 
 
-async def retire_key(
-    conn: AsyncConnection, key_id: str, now: datetime, overlap: int, tenant_id: str | None = None
-) -> KeyChange:
+async def retire_key(conn: AsyncConnection, key_id: str, now: datetime, overlap: int) -> KeyChange:
     """``key_id`` accepted ``overlap`` more seconds (shared.node_keys.retire)."""
-    key = await _locked_key(conn, key_id, tenant_id)
+    key = await _locked_key(conn, key_id)
     after = retire(key, now, overlap)
     if after != key:
         await _store(conn, after)
     return KeyChange(after, changed=after != key)
 
 
-async def revoke_key(
-    conn: AsyncConnection, key_id: str, now: datetime, tenant_id: str | None = None
-) -> KeyChange:
+async def revoke_key(conn: AsyncConnection, key_id: str, now: datetime) -> KeyChange:
     """``key_id`` refused from now on; the node and its other keys are untouched."""
-    key = await _locked_key(conn, key_id, tenant_id)
+    key = await _locked_key(conn, key_id)
     after = revoke(key, now)
     if after != key:
         await _store(conn, after)
